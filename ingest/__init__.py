@@ -1,0 +1,3 @@
+"""RTMP ingest gateway that bridges OBS into WebRTC livestream calls."""
+
+__version__ = "0.1.0"
