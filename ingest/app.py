@@ -1,0 +1,246 @@
+"""The one process: HTTP API, RTMP listener (and later SFU, HLS) on one asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from . import __version__
+from .calls import events as ev
+from .calls.api import build_router, install_error_handlers
+from .calls.service import CallService
+from .config import Settings
+from .errors import ConfigError
+from .store.db import Store
+
+log = logging.getLogger("ingest")
+
+CREDENTIALS_FILE = "credentials.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    api_key: str
+    api_secret: str
+    generated: bool  # True when this process created them (development mode)
+
+
+def load_credentials(settings: Settings, *, create: bool = True) -> Credentials:
+    """Key and secret from the settings, else the data directory, else generated once there."""
+    if settings.api_key and settings.api_secret:
+        return Credentials(settings.api_key, settings.api_secret, False)
+    if bool(settings.api_key) != bool(settings.api_secret):
+        raise ConfigError("set both api_key and api_secret (INGEST_API_KEY / INGEST_API_SECRET)")
+    path = settings.data_dir / CREDENTIALS_FILE
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+            return Credentials(str(data["api_key"]), str(data["api_secret"]), False)
+        except (ValueError, KeyError) as e:
+            raise ConfigError(
+                f"{path} is damaged ({e}): delete it to generate new credentials"
+            ) from None
+    if not create:
+        raise ConfigError(
+            f"no API credentials: start 'ingest serve' once (it generates them in {path}) "
+            "or set INGEST_API_KEY and INGEST_API_SECRET"
+        )
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    creds = Credentials("dev" + secrets.token_hex(6), secrets.token_urlsafe(48), True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"api_key": creds.api_key, "api_secret": creds.api_secret}, f)
+    return creds
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({e.strerror}): choose another port"
+        ) from None
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class _LiveCollector(Collector):
+    """Metrics read from live state at scrape time (no bookkeeping on the hot path)."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    def collect(self) -> Any:
+        parts = GaugeMetricFamily(
+            "ingest_participants", "Participants connected, by source", labels=["source"]
+        )
+        counts: dict[str, int] = {}
+        for by_call in self.app.calls.participants.values():
+            for p in by_call.values():
+                counts[p.source] = counts.get(p.source, 0) + 1
+        for source, n in sorted(counts.items()):
+            parts.add_metric([source], n)
+        yield parts
+        yield CounterMetricFamily("ingest_events", "Events emitted", value=self.app.bus.count)
+        if self.app.webhooks is not None:
+            wh = CounterMetricFamily(
+                "ingest_webhooks", "Webhook deliveries by outcome", labels=["outcome"]
+            )
+            wh.add_metric(["delivered"], self.app.webhooks.delivered)
+            wh.add_metric(["failed"], self.app.webhooks.failed)
+            yield wh
+
+
+class App:
+    """Owns every component; ``start()`` listens, ``stop()`` closes everything it opened."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.creds = load_credentials(settings)
+        self.store = Store(settings.resolved_database_url)
+        self.bus = ev.EventBus()
+        self.registry = CollectorRegistry()
+        self.http_port = settings.http_port
+        self.rtmp_port = settings.rtmp_port
+        self._http_sock: socket.socket | None = None
+        self._http_server: uvicorn.Server | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self.webhooks: ev.WebhookSender | None = None
+        self._stopped = False
+        self.calls: CallService = None  # type: ignore[assignment]  # set in start()
+        self.api: FastAPI = None  # type: ignore[assignment]
+
+    async def start(self) -> None:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.store.open()
+        # Bind first so that port 0 resolves before addresses are computed.
+        self._http_sock = _bind(s.host, s.http_port)
+        self.http_port = self._http_sock.getsockname()[1]
+        http_base = s.public_http_url or f"http://{s.public_host}:{self.http_port}"
+        rtmp_public_port = s.public_rtmp_port or s.rtmp_port
+        self.calls = CallService(
+            self.store,
+            self.bus,
+            api_key=self.creds.api_key,
+            api_secret=self.creds.api_secret,
+            rtmp_base=f"rtmp://{s.public_host}:{rtmp_public_port}",
+            http_base=http_base,
+            token_leeway=s.token_leeway,
+        )
+        await self.calls.install_builtin_call_types()
+        if s.webhook_url:
+            self.webhooks = ev.WebhookSender(
+                self.bus,
+                s.webhook_url,
+                api_key=self.creds.api_key,
+                secret=self.creds.api_secret,
+                timeout=s.webhook_timeout,
+                max_attempts=s.webhook_max_attempts,
+                queue_size=s.webhook_queue,
+            )
+            self.webhooks.start()
+        self.api = self._build_api()
+        config = uvicorn.Config(
+            self.api, log_config=None, lifespan="off", access_log=False, server_header=False
+        )
+        self._http_server = uvicorn.Server(config)
+        self._http_task = asyncio.create_task(
+            self._http_server.serve(sockets=[self._http_sock]), name="http"
+        )
+        log.info("HTTP API on http://%s:%d", s.host, self.http_port)
+
+    def _build_api(self) -> FastAPI:
+        api = FastAPI(
+            title="ingest",
+            version=__version__,
+            description="Stream Video compatible REST API (livestream subset) of the ingest server",
+        )
+        install_error_handlers(api)
+        api.include_router(build_router(self.calls))
+        self.registry.register(_LiveCollector(self))
+        up = Gauge("ingest_up", "1 while the server runs", registry=self.registry)
+        up.set(1)
+
+        @api.get("/healthz", include_in_schema=False)
+        async def healthz() -> JSONResponse:
+            return JSONResponse({"status": "ok", "version": __version__})
+
+        @api.get("/metrics", include_in_schema=False)
+        async def metrics() -> Response:
+            return Response(generate_latest(self.registry), media_type="text/plain; version=0.0.4")
+
+        return api
+
+    async def stop(self) -> None:
+        """Close everything; calling it again does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._http_server is not None:
+            self._http_server.should_exit = True
+        if self._http_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._http_task
+        if self.webhooks is not None:
+            await self.webhooks.stop()
+        await self.store.close()
+        if self._http_sock is not None:
+            self._http_sock.close()
+
+    def banner(self) -> str:
+        s = self.settings
+        lines = [
+            f"ingest {__version__} ready",
+            f"  API      http://{s.public_host}:{self.http_port}  (OpenAPI: /docs, /openapi.json)",
+            f"  RTMP     rtmp://{s.public_host}:{self.rtmp_port}/<api_key>.<call_type>.<call_id>",
+            f"  API key  {self.creds.api_key}",
+        ]
+        if self.creds.generated or not (s.api_key and s.api_secret):
+            cred_path = Path(s.data_dir) / CREDENTIALS_FILE
+            lines += [
+                f"  secret   {self.creds.api_secret}",
+                f"  (development mode: credentials generated in {cred_path};"
+                " set INGEST_API_KEY / INGEST_API_SECRET for production)",
+                "  get a token:       ingest token <user_id>",
+                "  create a call:     ingest call create livestream <call_id> --host <user_id>",
+            ]
+        return "\n".join(lines)
+
+
+async def run_forever(settings: Settings) -> None:
+    app = App(settings)
+    await app.start()
+    print(app.banner(), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await app.stop()

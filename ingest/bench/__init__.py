@@ -1,0 +1,23 @@
+"""``ingest bench``: benchmarks that ship with the product, so users can size their machines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def run_all(seconds: float = 2.0) -> list[dict[str, Any]]:
+    """Run every benchmark; each result is {name, value, unit, target}."""
+    from .rtmp import bench_parser
+
+    results: list[dict[str, Any]] = []
+    for chunk_size, target in ((128, 200.0), (4096, 1000.0)):
+        r = bench_parser(chunk_size, seconds)
+        results.append(
+            {
+                "name": f"RTMP parser, chunk size {chunk_size}",
+                "value": float(r["mbit_per_s"]),
+                "unit": "Mbit/s",
+                "target": f">= {target:.0f} Mbit/s per core",
+            }
+        )
+    return results

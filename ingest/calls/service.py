@@ -1,0 +1,848 @@
+"""The control plane's rules: who may do what in which call, and the call's live state.
+
+Persistent records (users, call types, calls, members, sessions) live in the store; live state
+(participants and how to disconnect them) lives here in memory. The HTTP API, the RTMP server and
+the SFU all come through this one service, so a rule is written once.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ..errors import (
+    AuthenticationError,
+    InputError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from ..logs import redact
+from ..store.db import Store, utcnow
+from . import capabilities as caps
+from . import events as ev
+from .models import Call, CallSession, CallType, Member, User, cid_of
+from .tokens import Claims, check_revocation, verify_token
+
+log = logging.getLogger("ingest.calls")
+
+MAX_ID_LENGTH = 255
+MAX_CUSTOM_BYTES = 5 * 1024
+MAX_MEMBERS_PER_REQUEST = 100
+MAX_CALL_TYPE_NAME = 64
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_\-!@$%^&*()+=.]+$")  # Stream's allowed id characters
+CALL_TYPE_PATTERN = re.compile(r"^[a-z0-9_\-]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who makes a request: the server (all capabilities) or a user."""
+
+    server: bool
+    user_id: str | None = None
+    claims: Claims | None = None
+
+    @property
+    def label(self) -> str:
+        return "server" if self.server else f"user '{self.user_id}'"
+
+
+SERVER = Caller(server=True)
+
+
+@dataclass(slots=True)
+class Participant:
+    """Someone connected to a call's session (an RTMP publisher or a WebRTC client)."""
+
+    call_cid: str
+    user_id: str
+    session_id: str
+    role: str
+    joined_at: datetime
+    source: str  # "rtmp", "webrtc", "whip"
+    token_issued_at: int | None = None
+    disconnect: Callable[[str], None] | None = None
+    health: Callable[[], dict[str, Any]] | None = None
+    tracks: list[str] = field(default_factory=list)
+
+
+def _check_id(kind: str, value: str) -> str:
+    if not value:
+        raise InputError(f"{kind} is empty: give a non-empty id")
+    if len(value) > MAX_ID_LENGTH:
+        raise InputError(f"{kind} '{value[:40]}…' is longer than {MAX_ID_LENGTH} characters")
+    if not ID_PATTERN.match(value):
+        raise InputError(
+            f"{kind} '{value}' has characters that are not allowed: use letters, digits and "
+            "_-!@$%^&*()+=."
+        )
+    return value
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        elif v is not None:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _custom(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InputError(f"{what} must be a JSON object")
+    import json
+
+    if len(json.dumps(value)) > MAX_CUSTOM_BYTES:
+        raise InputError(f"{what} is larger than {MAX_CUSTOM_BYTES} bytes")
+    return value
+
+
+def _parse_time(value: Any, what: str) -> datetime | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float):
+        # Stream's SDKs send either RFC 3339 or unix nanoseconds.
+        return datetime.fromtimestamp(value / 1e9 if value > 1e12 else value, UTC)
+    if isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise InputError(f"{what} '{value}' is not an RFC 3339 time") from None
+        return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+    raise InputError(f"{what} must be an RFC 3339 time")
+
+
+class CallService:
+    """Every control-plane operation, with its permission check."""
+
+    def __init__(
+        self,
+        store: Store,
+        bus: ev.EventBus,
+        *,
+        api_key: str,
+        api_secret: str,
+        rtmp_base: str,
+        http_base: str,
+        token_leeway: int = 5,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.api_key = api_key
+        self.api_secret = api_secret
+        self.rtmp_base = rtmp_base.rstrip("/")
+        self.http_base = http_base.rstrip("/")
+        self.token_leeway = token_leeway
+        self.participants: dict[str, dict[str, Participant]] = {}
+
+    # --- start-up --------------------------------------------------------------------------
+
+    async def install_builtin_call_types(self) -> None:
+        now = utcnow()
+        for name, spec in caps.BUILTIN_CALL_TYPES.items():
+            if await self.store.get_call_type(name) is None:
+                await self.store.put_call_type(
+                    CallType(name, spec["grants"], spec["settings"], now, now)
+                )
+
+    # --- authentication --------------------------------------------------------------------
+
+    async def authenticate(self, token: str) -> Caller:
+        """Verify a token (API, RTMP stream key, WebRTC) and check the user's revocation."""
+        claims = verify_token(token, self.api_secret, leeway=self.token_leeway)
+        if claims.server:
+            return SERVER
+        assert claims.user_id is not None
+        user = await self.store.get_user(claims.user_id)
+        if user is not None:
+            if user.deactivated_at is not None:
+                raise AuthenticationError(f"user '{user.id}' is deactivated")
+            check_revocation(claims, user.revoke_tokens_issued_before)
+        return Caller(server=False, user_id=claims.user_id, claims=claims)
+
+    @staticmethod
+    def _require_server(caller: Caller, what: str) -> None:
+        if not caller.server:
+            raise PermissionDeniedError(
+                f"{caller.label} may not {what}: this needs a server token (signed with the API "
+                "secret, without user_id), which only your backend should hold"
+            )
+
+    # --- users -----------------------------------------------------------------------------
+
+    async def upsert_users(self, caller: Caller, body: dict[str, Any]) -> dict[str, User]:
+        self._require_server(caller, "upsert users")
+        raw = body.get("users")
+        if not isinstance(raw, dict) or not raw:
+            raise InputError('body must be {"users": {"<id>": {"id": "<id>", ...}}}')
+        out: dict[str, User] = {}
+        now = utcnow()
+        for key, spec in raw.items():
+            if not isinstance(spec, dict):
+                raise InputError(f"users.{key} must be an object")
+            uid = _check_id("user id", str(spec.get("id") or key))
+            existing = await self.store.get_user(uid)
+            user = existing or User(id=uid, created_at=now)
+            user.name = str(spec.get("name") or user.name or "")
+            user.role = str(spec.get("role") or user.role or "user")
+            user.image = str(spec.get("image") or user.image or "")
+            if "custom" in spec:
+                user.custom = _custom(spec.get("custom"), f"users.{uid}.custom")
+            if "revoke_tokens_issued_before" in spec:
+                user.revoke_tokens_issued_before = _parse_time(
+                    spec["revoke_tokens_issued_before"], "revoke_tokens_issued_before"
+                )
+            user.updated_at = now
+            await self.store.put_user(user)
+            out[uid] = user
+            self._enforce_revocation(user)
+        return out
+
+    async def update_users_partial(self, caller: Caller, body: dict[str, Any]) -> dict[str, User]:
+        self._require_server(caller, "update users")
+        items = body.get("users")
+        if not isinstance(items, list) or not items:
+            raise InputError(
+                'body must be {"users": [{"id": "<id>", "set": {...}, "unset": [...]}]}'
+            )
+        out: dict[str, User] = {}
+        now = utcnow()
+        for item in items:
+            if not isinstance(item, dict) or not item.get("id"):
+                raise InputError("each entry of users needs an 'id'")
+            uid = str(item["id"])
+            user = await self.store.get_user(uid)
+            if user is None:
+                raise NotFoundError(f"user '{uid}' does not exist: create it with upsert users")
+            for k, v in (item.get("set") or {}).items():
+                if k in ("name", "role", "image"):
+                    setattr(user, k, str(v))
+                elif k == "revoke_tokens_issued_before":
+                    user.revoke_tokens_issued_before = _parse_time(v, k)
+                else:
+                    user.custom[k] = v
+            for k in item.get("unset") or []:
+                if k == "revoke_tokens_issued_before":
+                    user.revoke_tokens_issued_before = None
+                else:
+                    user.custom.pop(k, None)
+            user.updated_at = now
+            await self.store.put_user(user)
+            out[uid] = user
+            self._enforce_revocation(user)
+        return out
+
+    async def _ensure_user(self, user_id: str) -> User:
+        user = await self.store.get_user(user_id)
+        if user is None:
+            now = utcnow()
+            user = User(id=_check_id("user id", user_id), created_at=now, updated_at=now)
+            await self.store.put_user(user)
+        return user
+
+    # --- call types ------------------------------------------------------------------------
+
+    async def get_call_type(self, name: str) -> CallType:
+        ct = await self.store.get_call_type(name)
+        if ct is None:
+            known = ", ".join(t.name for t in await self.store.list_call_types())
+            raise NotFoundError(
+                f"call type '{name}' does not exist: use one of {known}, or create it with "
+                "POST /api/v2/video/calltypes"
+            )
+        return ct
+
+    async def save_call_type(
+        self, caller: Caller, body: dict[str, Any], name: str | None = None, *, create: bool
+    ) -> CallType:
+        self._require_server(caller, "change call types")
+        name = name or body.get("name")
+        if not isinstance(name, str) or not name:
+            raise InputError("call type needs a 'name'")
+        if len(name) > MAX_CALL_TYPE_NAME or not CALL_TYPE_PATTERN.match(name):
+            raise InputError(
+                f"call type name '{name}' must be lowercase letters, digits, - and _ "
+                f"(at most {MAX_CALL_TYPE_NAME})"
+            )
+        existing = await self.store.get_call_type(name)
+        if create and existing is not None:
+            raise InputError(f"call type '{name}' already exists: update it with PUT instead")
+        if not create and existing is None:
+            raise NotFoundError(f"call type '{name}' does not exist: create it with POST first")
+        grants_in = body.get("grants")
+        grants: dict[str, list[str]] = dict(existing.grants) if existing else {}
+        if grants_in is not None:
+            if not isinstance(grants_in, dict):
+                raise InputError('grants must be {"<role>": ["<capability>", ...]}')
+            for role, names in grants_in.items():
+                if not isinstance(names, list):
+                    raise InputError(f"grants.{role} must be a list of capabilities")
+                try:
+                    grants[role] = [caps.validate_capability(str(n)) for n in names]
+                except ValueError as e:
+                    raise InputError(f"grants.{role}: {e}") from None
+        grants.setdefault(caps.ADMIN_ROLE, list(caps.ALL))
+        settings = body.get("settings") or {}
+        if not isinstance(settings, dict):
+            raise InputError("settings must be an object")
+        base_settings = existing.settings if existing else {"backstage": {"enabled": False}}
+        now = utcnow()
+        ct = CallType(
+            name,
+            grants,
+            _deep_merge(base_settings, settings),
+            existing.created_at if existing else now,
+            now,
+        )
+        await self.store.put_call_type(ct)
+        return ct
+
+    async def delete_call_type(self, caller: Caller, name: str) -> None:
+        self._require_server(caller, "delete call types")
+        await self.get_call_type(name)
+        if name in caps.BUILTIN_CALL_TYPES:
+            raise InputError(f"call type '{name}' is built in and cannot be deleted")
+        if await self.store.count_calls_of_type(name):
+            raise InputError(f"call type '{name}' still has calls: it cannot be deleted")
+        await self.store.delete_call_type(name)
+
+    # --- calls -----------------------------------------------------------------------------
+
+    async def load_call(self, call_type: str, call_id: str) -> tuple[Call, CallType]:
+        ct = await self.get_call_type(call_type)
+        call = await self.store.get_call(cid_of(call_type, call_id))
+        if call is None:
+            raise NotFoundError(
+                f"call {call_type}:{call_id} does not exist: create it with "
+                f"POST /api/v2/video/call/{call_type}/{call_id}"
+            )
+        return call, ct
+
+    def effective_settings(self, call: Call, ct: CallType) -> dict[str, Any]:
+        return _deep_merge(ct.settings, call.settings_override)
+
+    async def role_in_call(self, caller: Caller, call: Call) -> str | None:
+        if caller.server:
+            return caps.ADMIN_ROLE
+        assert caller.user_id is not None
+        if caller.claims is not None and caller.claims.role:
+            return caller.claims.role
+        member = await self.store.get_member(call.cid, caller.user_id)
+        if member is not None:
+            return member.role
+        user = await self.store.get_user(caller.user_id)
+        return user.role if user else "user"
+
+    async def capabilities_of(self, caller: Caller, call: Call, ct: CallType) -> list[str]:
+        if caller.server:
+            return list(caps.ALL)
+        assert caller.user_id is not None
+        if (
+            caller.claims
+            and caller.claims.call_cids is not None
+            and call.cid not in caller.claims.call_cids
+        ):
+            return []
+        roles: list[str] = []
+        member = await self.store.get_member(call.cid, caller.user_id)
+        user = await self.store.get_user(caller.user_id)
+        if caller.claims and caller.claims.role:
+            roles.append(caller.claims.role)
+        if member is not None:
+            roles.append(member.role)
+        roles.append(user.role if user else "user")
+        granted: list[str] = []
+        for role in roles:
+            for c in ct.grants.get(role, []):
+                if c not in granted:
+                    granted.append(c)
+        return granted
+
+    async def require(self, caller: Caller, call: Call, ct: CallType, capability: str) -> None:
+        if caller.server:
+            return
+        have = await self.capabilities_of(caller, call, ct)
+        if capability not in have:
+            member = await self.store.get_member(call.cid, caller.user_id or "")
+            why = (
+                f"their role '{member.role}' in {call.cid} does not grant it"
+                if member
+                else f"they are not a member of {call.cid} and their app role does not grant it"
+            )
+            raise PermissionDeniedError(
+                f"{caller.label} may not {capability.replace('-', ' ')}: {why} "
+                f"(grant '{capability}' to the role in call type '{ct.name}', or add the user "
+                "as a member with a role that has it)"
+            )
+
+    async def get_call(self, caller: Caller, call_type: str, call_id: str) -> tuple[Call, CallType]:
+        call, ct = await self.load_call(call_type, call_id)
+        await self.require(caller, call, ct, caps.READ_CALL)
+        return call, ct
+
+    async def get_or_create_call(
+        self, caller: Caller, call_type: str, call_id: str, body: dict[str, Any]
+    ) -> tuple[Call, CallType, bool]:
+        _check_id("call id", call_id)
+        ct = await self.get_call_type(call_type)
+        cid = cid_of(call_type, call_id)
+        data = body.get("data") or {}
+        if not isinstance(data, dict):
+            raise InputError("data must be an object")
+        existing = await self.store.get_call(cid)
+        if existing is not None:
+            await self.require(caller, existing, ct, caps.READ_CALL)
+            return existing, ct, False
+        if caller.server:
+            creator_id = data.get("created_by_id") or (data.get("created_by") or {}).get("id")
+            if not creator_id:
+                raise InputError(
+                    "data.created_by_id is required when a server token creates a call: "
+                    "name the user who owns the call"
+                )
+        else:
+            creator_id = caller.user_id
+            user = await self.store.get_user(caller.user_id or "")
+            role = user.role if user else "user"
+            if caps.CREATE_CALL not in ct.grants.get(role, []) and role != caps.ADMIN_ROLE:
+                raise PermissionDeniedError(
+                    f"{caller.label} may not create calls of type '{ct.name}': their role "
+                    f"'{role}' lacks 'create-call'"
+                )
+        await self._ensure_user(str(creator_id))
+        override = data.get("settings_override") or {}
+        if not isinstance(override, dict):
+            raise InputError("data.settings_override must be an object")
+        now = utcnow()
+        call = Call(
+            cid=cid,
+            type=call_type,
+            id=call_id,
+            created_by_id=str(creator_id),
+            custom=_custom(data.get("custom"), "data.custom"),
+            settings_override=override,
+            starts_at=_parse_time(data.get("starts_at"), "data.starts_at"),
+            created_at=now,
+            updated_at=now,
+        )
+        call.backstage = bool(self.effective_settings(call, ct).get("backstage", {}).get("enabled"))
+        if not await self.store.insert_call(call):
+            # Someone created it at the same moment: that is still "get".
+            got = await self.store.get_call(cid)
+            assert got is not None
+            return got, ct, False
+        members = data.get("members") or []
+        await self._apply_members(call, ct, members, [], emit=False)
+        self.bus.emit(ev.CALL_CREATED, cid, call_id=call_id, call_type=call_type)
+        log.info("call %s created by %s", cid, caller.label)
+        return call, ct, True
+
+    async def update_call(
+        self, caller: Caller, call_type: str, call_id: str, body: dict[str, Any]
+    ) -> tuple[Call, CallType]:
+        call, ct = await self.load_call(call_type, call_id)
+        await self.require(caller, call, ct, caps.UPDATE_CALL)
+        if "custom" in body:
+            call.custom = _custom(body.get("custom"), "custom")
+        if body.get("settings_override"):
+            if not isinstance(body["settings_override"], dict):
+                raise InputError("settings_override must be an object")
+            call.settings_override = _deep_merge(call.settings_override, body["settings_override"])
+        if "starts_at" in body:
+            call.starts_at = _parse_time(body.get("starts_at"), "starts_at")
+        call.updated_at = utcnow()
+        await self.store.update_call(call)
+        self.bus.emit(ev.CALL_UPDATED, call.cid)
+        return call, ct
+
+    # --- members ---------------------------------------------------------------------------
+
+    async def update_members(
+        self, caller: Caller, call_type: str, call_id: str, body: dict[str, Any]
+    ) -> list[Member]:
+        call, ct = await self.load_call(call_type, call_id)
+        update = body.get("update_members") or []
+        remove = body.get("remove_members") or []
+        if update:
+            await self.require(caller, call, ct, caps.UPDATE_CALL_MEMBER)
+        if remove:
+            await self.require(caller, call, ct, caps.REMOVE_CALL_MEMBER)
+        if not update and not remove:
+            raise InputError("give update_members and/or remove_members")
+        return await self._apply_members(call, ct, update, remove, emit=True)
+
+    async def _apply_members(
+        self,
+        call: Call,
+        ct: CallType,
+        update: list[Any],
+        remove: list[Any],
+        *,
+        emit: bool,
+    ) -> list[Member]:
+        if not isinstance(update, list) or not isinstance(remove, list):
+            raise InputError("update_members and remove_members must be lists")
+        if len(update) + len(remove) > MAX_MEMBERS_PER_REQUEST:
+            raise InputError(f"at most {MAX_MEMBERS_PER_REQUEST} members per request")
+        now = utcnow()
+        changed: list[Member] = []
+        default_role = caps.DEFAULT_MEMBER_ROLE.get(ct.name, "user")
+        for spec in update:
+            if not isinstance(spec, dict) or not spec.get("user_id"):
+                raise InputError("each member needs a 'user_id'")
+            uid = _check_id("member user_id", str(spec["user_id"]))
+            role = str(spec.get("role") or "")
+            existing = await self.store.get_member(call.cid, uid)
+            if not role:
+                role = existing.role if existing else default_role
+            if role not in ct.grants:
+                raise InputError(
+                    f"role '{role}' is not defined in call type '{ct.name}': use one of "
+                    + ", ".join(sorted(ct.grants))
+                )
+            await self._ensure_user(uid)
+            m = Member(
+                call.cid,
+                uid,
+                role,
+                _custom(spec.get("custom"), "member custom")
+                if "custom" in spec
+                else (existing.custom if existing else {}),
+                existing.created_at if existing else now,
+                now,
+            )
+            await self.store.put_member(m)
+            changed.append(m)
+            if emit:
+                self.bus.emit(
+                    ev.CALL_MEMBER_UPDATED if existing else ev.CALL_MEMBER_ADDED,
+                    call.cid,
+                    members=[{"user_id": uid, "role": role}],
+                )
+            if existing and existing.role != role:
+                await self._reconsider_participants(call, ct, uid, f"role changed to '{role}'")
+        for uid in remove:
+            if await self.store.delete_member(call.cid, str(uid)):
+                if emit:
+                    self.bus.emit(ev.CALL_MEMBER_REMOVED, call.cid, members=[str(uid)])
+                await self._reconsider_participants(call, ct, str(uid), "removed from the call")
+        return changed
+
+    async def _reconsider_participants(
+        self, call: Call, ct: CallType, user_id: str, why: str
+    ) -> None:
+        """A member lost their role: publishers who may no longer send are disconnected."""
+        caller = Caller(server=False, user_id=user_id)
+        have = await self.capabilities_of(caller, call, ct)
+        for p in list(self.participants.get(call.cid, {}).values()):
+            if p.user_id != user_id or p.source != "rtmp":
+                continue
+            if caps.SEND_AUDIO not in have and caps.SEND_VIDEO not in have:
+                self._disconnect(p, f"user '{user_id}' was {why}")
+
+    # --- live / backstage ------------------------------------------------------------------
+
+    async def _current_session(self, call: Call, now: datetime) -> CallSession:
+        session = await self.store.get_session(call.current_session_id)
+        if session is None or session.ended_at is not None:
+            session = CallSession(id=str(uuid.uuid4()), call_cid=call.cid, started_at=now)
+            call.current_session_id = session.id
+            await self.store.put_session(session)
+            await self.store.update_call(call)
+        return session
+
+    async def go_live(
+        self, caller: Caller, call_type: str, call_id: str, body: dict[str, Any]
+    ) -> tuple[Call, CallType]:
+        call, ct = await self.load_call(call_type, call_id)
+        await self.require(caller, call, ct, caps.UPDATE_CALL)
+        if body.get("start_hls"):
+            await self.require(caller, call, ct, caps.START_BROADCAST)
+        if body.get("start_recording"):
+            await self.require(caller, call, ct, caps.START_RECORD)
+        now = utcnow()
+        session = await self._current_session(call, now)
+        was_backstage = call.backstage
+        call.backstage = False
+        call.updated_at = now
+        if body.get("start_hls"):
+            call.hls = True
+        if body.get("start_recording"):
+            call.recording = True
+        await self.store.update_call(call)
+        if was_backstage or session.live_started_at is None:
+            session.live_started_at = now
+            session.live_ended_at = None
+            await self.store.put_session(session)
+            self.bus.emit(ev.CALL_LIVE_STARTED, call.cid, session_id=session.id)
+        if body.get("start_hls"):
+            self.bus.emit(ev.HLS_STARTED, call.cid)
+        if body.get("start_recording"):
+            self.bus.emit(ev.RECORDING_STARTED, call.cid, call_session_id=session.id)
+        log.info("call %s is live (by %s)", call.cid, caller.label)
+        return call, ct
+
+    async def stop_live(
+        self, caller: Caller, call_type: str, call_id: str, body: dict[str, Any]
+    ) -> tuple[Call, CallType]:
+        call, ct = await self.load_call(call_type, call_id)
+        await self.require(caller, call, ct, caps.UPDATE_CALL)
+        now = utcnow()
+        call.backstage = True
+        call.updated_at = now
+        if not body.get("continue_hls") and call.hls:
+            call.hls = False
+            self.bus.emit(ev.HLS_STOPPED, call.cid)
+        if not body.get("continue_recording") and call.recording:
+            call.recording = False
+            self.bus.emit(ev.RECORDING_STOPPED, call.cid)
+        await self.store.update_call(call)
+        session = await self.store.get_session(call.current_session_id)
+        if session is not None and session.live_ended_at is None:
+            session.live_ended_at = now
+            await self.store.put_session(session)
+        # Viewers without join-backstage lose the call again; the SFU listens for this event.
+        self.bus.emit(ev.CALL_UPDATED, call.cid, backstage=True)
+        return call, ct
+
+    async def set_intent(
+        self, caller: Caller, call_type: str, call_id: str, what: str, on: bool
+    ) -> tuple[Call, CallType]:
+        """Start/stop HLS broadcasting or recording (the media sinks follow these flags)."""
+        call, ct = await self.load_call(call_type, call_id)
+        capability = {
+            ("hls", True): caps.START_BROADCAST,
+            ("hls", False): caps.STOP_BROADCAST,
+            ("recording", True): caps.START_RECORD,
+            ("recording", False): caps.STOP_RECORD,
+        }[(what, on)]
+        await self.require(caller, call, ct, capability)
+        if getattr(call, what) != on:
+            setattr(call, what, on)
+            call.updated_at = utcnow()
+            await self.store.update_call(call)
+            event = {
+                ("hls", True): ev.HLS_STARTED,
+                ("hls", False): ev.HLS_STOPPED,
+                ("recording", True): ev.RECORDING_STARTED,
+                ("recording", False): ev.RECORDING_STOPPED,
+            }[(what, on)]
+            self.bus.emit(event, call.cid)
+        return call, ct
+
+    async def end_call(self, caller: Caller, call_type: str, call_id: str) -> None:
+        call, ct = await self.load_call(call_type, call_id)
+        await self.require(caller, call, ct, caps.END_CALL)
+        now = utcnow()
+        call.ended_at = now
+        call.backstage = bool(self.effective_settings(call, ct).get("backstage", {}).get("enabled"))
+        call.updated_at = now
+        session = await self.store.get_session(call.current_session_id)
+        if session is not None and session.ended_at is None:
+            session.ended_at = now
+            if session.live_started_at and not session.live_ended_at:
+                session.live_ended_at = now
+            await self.store.put_session(session)
+        await self.store.update_call(call)
+        for p in list(self.participants.get(call.cid, {}).values()):
+            self._disconnect(p, f"call {call.cid} ended")
+        self.bus.emit(ev.CALL_ENDED, call.cid)
+
+    # --- events ----------------------------------------------------------------------------
+
+    async def send_event(
+        self, caller: Caller, call_type: str, call_id: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        call, ct = await self.load_call(call_type, call_id)
+        await self.require(caller, call, ct, caps.SEND_EVENT)
+        user_id = caller.user_id or body.get("user_id") or (body.get("user") or {}).get("id")
+        if caller.server and not user_id:
+            raise InputError("user_id is required when a server token sends an event")
+        custom = _custom(body.get("custom"), "custom")
+        return self.bus.emit(ev.CUSTOM, call.cid, custom=custom, user={"id": user_id})
+
+    async def send_reaction(
+        self, caller: Caller, call_type: str, call_id: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        call, ct = await self.load_call(call_type, call_id)
+        await self.require(caller, call, ct, caps.CREATE_REACTION)
+        user_id = caller.user_id or body.get("user_id")
+        if caller.server and not user_id:
+            raise InputError("user_id is required when a server token sends a reaction")
+        rtype = body.get("type")
+        if not isinstance(rtype, str) or not rtype or len(rtype) > 64:
+            raise InputError("reaction 'type' is required (a short string such as 'like')")
+        reaction = {
+            "type": rtype,
+            "user": {"id": user_id},
+            "emoji_code": body.get("emoji_code"),
+            "custom": _custom(body.get("custom"), "custom"),
+        }
+        self.bus.emit(ev.REACTION_NEW, call.cid, reaction=reaction)
+        return reaction
+
+    # --- participants ----------------------------------------------------------------------
+
+    def list_participants(self, cid: str) -> list[Participant]:
+        return sorted(self.participants.get(cid, {}).values(), key=lambda p: p.joined_at)
+
+    async def join(
+        self,
+        call: Call,
+        user_id: str,
+        *,
+        role: str,
+        source: str,
+        token_issued_at: int | None = None,
+        disconnect: Callable[[str], None] | None = None,
+    ) -> Participant:
+        now = utcnow()
+        session = await self._current_session(call, now)
+        p = Participant(
+            call_cid=call.cid,
+            user_id=user_id,
+            session_id=secrets.token_hex(12),
+            role=role,
+            joined_at=now,
+            source=source,
+            token_issued_at=token_issued_at,
+            disconnect=disconnect,
+        )
+        self.participants.setdefault(call.cid, {})[p.session_id] = p
+        self.bus.emit(
+            ev.PARTICIPANT_JOINED,
+            call.cid,
+            session_id=session.id,
+            participant=self.participant_json(p),
+        )
+        return p
+
+    def leave(self, p: Participant) -> None:
+        by_call = self.participants.get(p.call_cid, {})
+        if by_call.pop(p.session_id, None) is None:
+            return
+        if not by_call:
+            self.participants.pop(p.call_cid, None)
+        self.bus.emit(
+            ev.PARTICIPANT_LEFT,
+            p.call_cid,
+            participant=self.participant_json(p),
+        )
+
+    def participant_json(self, p: Participant) -> dict[str, Any]:
+        return {
+            "user": {"id": p.user_id},
+            "user_session_id": p.session_id,
+            "role": p.role,
+            "joined_at": p.joined_at,
+            "source": p.source,
+        }
+
+    def _disconnect(self, p: Participant, reason: str) -> None:
+        if p.disconnect is not None:
+            log.info("disconnecting %s from %s: %s", p.user_id, p.call_cid, reason)
+            p.disconnect(reason)
+
+    async def kick(self, caller: Caller, call_type: str, call_id: str, body: dict[str, Any]) -> int:
+        call, ct = await self.load_call(call_type, call_id)
+        await self.require(caller, call, ct, caps.KICK_USER)
+        user_id = body.get("user_id")
+        if not isinstance(user_id, str) or not user_id:
+            raise InputError("user_id is required: name the user to remove from the call")
+        kicked = 0
+        for p in list(self.participants.get(call.cid, {}).values()):
+            if p.user_id == user_id:
+                self._disconnect(p, f"kicked by {caller.label}")
+                kicked += 1
+        self.bus.emit(ev.KICKED_USER, call.cid, user={"id": user_id})
+        return kicked
+
+    def _enforce_revocation(self, user: User) -> None:
+        """Revoking a user's tokens ends the sessions that those tokens opened."""
+        cutoff = user.revoke_tokens_issued_before
+        if cutoff is None:
+            return
+        for by_call in list(self.participants.values()):
+            for p in list(by_call.values()):
+                if p.user_id == user.id and (
+                    p.token_issued_at is None or p.token_issued_at < cutoff.timestamp()
+                ):
+                    self._disconnect(p, "the user's tokens were revoked")
+
+    # --- RTMP ------------------------------------------------------------------------------
+
+    def parse_rtmp_app(self, app: str) -> tuple[str, str]:
+        """``<api_key>.<call_type>.<call_id>`` → (call_type, call_id), with errors that help."""
+        app = app.strip("/").split("?", 1)[0]
+        parts = app.split(".", 2)
+        if len(parts) != 3 or not all(parts):
+            raise NotFoundError(
+                f"RTMP path '{app}' does not name a call: use the address from "
+                "call.ingress.rtmp.address (rtmp://host:port/<api_key>.<call_type>.<call_id>)"
+            )
+        key, call_type, call_id = parts
+        if key != self.api_key:
+            raise NotFoundError(
+                f"RTMP path names API key '{key}', but this server's key is '{self.api_key}': "
+                "copy the address from call.ingress.rtmp.address"
+            )
+        return call_type, call_id
+
+    async def authorize_publish(
+        self, app: str, stream_key: str
+    ) -> tuple[Caller, Call, CallType, str]:
+        """Who may publish where; raises an IngestError whose message is the refusal."""
+        call_type, call_id = self.parse_rtmp_app(app)
+        try:
+            caller = await self.authenticate(stream_key)
+        except AuthenticationError as e:
+            raise type(e)(f"stream key refused: {e.message}") from None
+        if caller.server:
+            raise PermissionDeniedError(
+                "stream key is a server token: use a user token of a host "
+                "(ingest token <user_id>) so the stream has a participant"
+            )
+        call, ct = await self.load_call(call_type, call_id)
+        have = await self.capabilities_of(caller, call, ct)
+        if caps.SEND_AUDIO not in have and caps.SEND_VIDEO not in have:
+            member = await self.store.get_member(call.cid, caller.user_id or "")
+            if member is None:
+                raise PermissionDeniedError(
+                    f"user '{caller.user_id}' is not a member of {call.cid} and may not publish: "
+                    "add them as a member with role 'host'"
+                )
+            raise PermissionDeniedError(
+                f"user '{caller.user_id}' has role '{member.role}' in {call.cid}, which may not "
+                "send audio or video: give them role 'host'"
+            )
+        if call.backstage and caps.JOIN_BACKSTAGE not in have:
+            raise PermissionDeniedError(
+                f"{call.cid} is in backstage and user '{caller.user_id}' may not join backstage: "
+                "go live first, or give them a role with 'join-backstage'"
+            )
+        role = await self.role_in_call(caller, call) or "user"
+        log.info(
+            "publish authorized: user %s into %s (key %s)",
+            caller.user_id,
+            call.cid,
+            redact(stream_key),
+        )
+        return caller, call, ct, role
+
+    # --- addresses -------------------------------------------------------------------------
+
+    def rtmp_address(self, call: Call) -> str:
+        return f"{self.rtmp_base}/{self.api_key}.{call.type}.{call.id}"
+
+    def whip_address(self, call: Call) -> str:
+        return f"{self.http_base}/whip/{call.type}/{call.id}"

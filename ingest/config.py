@@ -1,0 +1,162 @@
+"""Settings: built-in defaults < TOML file (``--config``) < ``INGEST_*`` environment < CLI flags.
+
+Unknown keys (in the file or as ``INGEST_*`` variables) and bad values stop the server at start
+with a message that names the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from .errors import ConfigError
+
+ENV_PREFIX = "INGEST_"
+
+# Named limits with their defaults (each is also a setting a deployment may change).
+DEFAULT_HTTP_PORT = 8080
+DEFAULT_RTMP_PORT = 1935
+DEFAULT_RTMP_IDLE_TIMEOUT = 10.0
+DEFAULT_RTMP_MAX_CONNECTIONS = 1000
+DEFAULT_TOKEN_LEEWAY = 5  # seconds of clock skew tolerated on exp / iat
+DEFAULT_WEBHOOK_TIMEOUT = 5.0
+DEFAULT_WEBHOOK_MAX_ATTEMPTS = 3
+DEFAULT_WEBHOOK_QUEUE = 10_000
+
+
+class Settings(BaseSettings):
+    """Every setting of the server. Field names are the TOML keys; ``INGEST_<NAME>`` the env."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, case_sensitive=False
+    )
+
+    host: str = Field("0.0.0.0", description="address the HTTP and RTMP listeners bind to")
+    http_port: int = Field(DEFAULT_HTTP_PORT, ge=0, le=65535)
+    rtmp_port: int = Field(DEFAULT_RTMP_PORT, ge=0, le=65535)
+    public_host: str = Field(
+        "127.0.0.1", description="host name put in ingress addresses handed to OBS and browsers"
+    )
+    public_rtmp_port: int | None = Field(None, ge=1, le=65535)
+    public_http_url: str | None = Field(
+        None, description="base URL of the HTTP API as clients reach it (WHIP/WHEP/HLS links)"
+    )
+    data_dir: Path = Path("data")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default SQLite in the data directory"
+    )
+    api_key: str | None = None
+    api_secret: str | None = None
+    log_level: str = Field("INFO", pattern=r"(?i)^(debug|info|warning|error)$")
+    token_leeway: int = Field(DEFAULT_TOKEN_LEEWAY, ge=0, le=300)
+    webhook_url: str | None = None
+    webhook_timeout: float = Field(DEFAULT_WEBHOOK_TIMEOUT, gt=0, le=60)
+    webhook_max_attempts: int = Field(DEFAULT_WEBHOOK_MAX_ATTEMPTS, ge=1, le=20)
+    webhook_queue: int = Field(DEFAULT_WEBHOOK_QUEUE, ge=1)
+    rtmp_idle_timeout: float = Field(DEFAULT_RTMP_IDLE_TIMEOUT, gt=0, le=600)
+    rtmp_max_connections: int = Field(DEFAULT_RTMP_MAX_CONNECTIONS, ge=1)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load() merges file, environment and flags itself, so precedence is exactly ours.
+        return (init_settings,)
+
+    @property
+    def rtmp_public_port(self) -> int:
+        return self.public_rtmp_port or self.rtmp_port
+
+    @property
+    def http_base_url(self) -> str:
+        if self.public_http_url:
+            return self.public_http_url.rstrip("/")
+        return f"http://{self.public_host}:{self.http_port}"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'ingest.db').resolve()}"
+
+
+def _field_names() -> set[str]:
+    return set(Settings.model_fields)
+
+
+def _check_env(environ: dict[str, str]) -> None:
+    known = {ENV_PREFIX + name.upper() for name in _field_names()}
+    unknown = sorted(
+        k for k in environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known
+    )
+    if unknown:
+        raise ConfigError(
+            f"unknown environment variable {unknown[0]}: known INGEST_* variables are "
+            + ", ".join(sorted(known))
+        )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    unknown = sorted(set(data) - _field_names())
+    if unknown:
+        raise ConfigError(
+            f"unknown key '{unknown[0]}' in {path}: known keys are "
+            + ", ".join(sorted(_field_names()))
+        )
+    return data
+
+
+def load(
+    config_file: Path | None = None,
+    environ: dict[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build the settings from every layer; raise ConfigError naming the offending key."""
+    env = dict(os.environ if environ is None else environ)
+    _check_env(env)
+    file_values = _read_toml(config_file) if config_file else {}
+    cli = {k: v for k, v in overrides.items() if v is not None}
+    env_values = {
+        name: env[key]
+        for name in _field_names()
+        for key in (ENV_PREFIX + name.upper(),)
+        if key in env
+    }
+    merged: dict[str, Any] = {**file_values, **env_values, **cli}
+    try:
+        # Pass everything as init values so the precedence is exactly ours, not pydantic's.
+        return Settings.model_validate(merged)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = str(err["loc"][0]) if err["loc"] else "?"
+        origin = (
+            "command line"
+            if key in cli
+            else f"environment {ENV_PREFIX}{key.upper()}"
+            if key in env_values
+            else f"{config_file}"
+            if key in file_values
+            else "defaults"
+        )
+        raise ConfigError(f"bad value for '{key}' (from {origin}): {err['msg']}") from None
