@@ -1,0 +1,102 @@
+"""Users, call types, calls, members and sessions survive a restart, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from getstream import AsyncStream
+from getstream.models import CallRequest, MemberRequest, UserRequest
+
+from tests.conftest import API_KEY, API_SECRET
+
+pytestmark = pytest.mark.e2e
+
+
+async def exercise_restart(app_factory: Callable[..., Any], **settings: Any) -> None:
+    app = await app_factory(**settings)
+    client = AsyncStream(API_KEY, API_SECRET, base_url=f"http://127.0.0.1:{app.http_port}")
+    await client.upsert_users(UserRequest(id="alice", name="Alice"), UserRequest(id="bob"))
+    await client.video.create_call_type(name="panel", grants={"host": ["read-call", "send-video"]})
+    call = client.video.call("livestream", "persisted")
+    await call.get_or_create(
+        data=CallRequest(
+            created_by_id="alice",
+            members=[
+                MemberRequest(user_id="alice", role="host"),
+                MemberRequest(user_id="bob", role="user"),
+            ],
+            custom={"title": "Launch"},
+        )
+    )
+    live = await call.go_live()
+    session_id = live.data.call.current_session_id
+    await app.stop()
+
+    app2 = await app_factory(**settings)
+    client2 = AsyncStream(API_KEY, API_SECRET, base_url=f"http://127.0.0.1:{app2.http_port}")
+    got = await client2.video.call("livestream", "persisted").get()
+    assert got.data.call.backstage is False
+    assert got.data.call.custom == {"title": "Launch"}
+    assert got.data.call.current_session_id == session_id
+    assert got.data.call.session.live_started_at is not None
+    assert {(m.user_id, m.role) for m in got.data.members} == {("alice", "host"), ("bob", "user")}
+    assert got.data.call.created_by.name == "Alice"
+    types = await client2.video.list_call_types()
+    assert types.data.call_types["panel"].grants["host"] == ["read-call", "send-video"]
+
+
+async def test_sqlite_survives_restart(app_factory: Callable[..., Any]) -> None:
+    await exercise_restart(app_factory)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def postgres() -> Iterator[str]:
+    """A throwaway PostgreSQL server on 127.0.0.1 (Debian's postgresql package; scripts/test installs it)."""
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not bins:
+        pytest.skip("PostgreSQL is not installed (scripts/test installs it)")
+    bindir = os.path.dirname(bins[-1])
+    root = tempfile.mkdtemp(prefix="ingest-pg-")
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        shutil.chown(root, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data = os.path.join(root, "data")
+    port = _free_port()
+    run = lambda *a: subprocess.run([*as_user, *a], check=True, capture_output=True, timeout=120)  # noqa: E731
+    run(f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "ingest")
+    run(
+        f"{bindir}/pg_ctl",
+        "-D",
+        data,
+        "-w",
+        "-l",
+        os.path.join(root, "log"),
+        "-o",
+        f"-p {port} -k {root} -c listen_addresses=127.0.0.1",
+        "start",
+    )
+    try:
+        run(f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "ingest", "ingest")
+        yield f"postgresql+asyncpg://ingest@127.0.0.1:{port}/ingest"
+    finally:
+        run(f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_postgresql_survives_restart(app_factory: Callable[..., Any], postgres: str) -> None:
+    await exercise_restart(app_factory, database_url=postgres)
