@@ -14,6 +14,7 @@ releases the GIL while coding. One call at a time per instance.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from fractions import Fraction
 from typing import Any
 
@@ -23,6 +24,7 @@ from av.video.codeccontext import VideoCodecContext
 from av.video.frame import PictureType, VideoFrame
 
 from ingest.errors import MediaError
+from ingest.media.codecs import h264
 from ingest.media.units import Kind, MediaUnit, VideoConfig
 
 log = logging.getLogger("ingest.media")
@@ -34,8 +36,6 @@ PROFILE_DEFAULT = "baseline"  # x264's baseline is Constrained Baseline (42e0..)
 MS = Fraction(1, 1000)
 
 _START_CODE = b"\x00\x00\x00\x01"
-_NAL_SPS = 7
-_NAL_PPS = 8
 
 
 class BFrameRemover:
@@ -174,59 +174,24 @@ class BFrameRemover:
         return encoder
 
     def _learn_config(self, data: bytes) -> None:
-        nals = _nal_units(data)
-        sps = [n for n in nals if n[0] & 0x1F == _NAL_SPS]
-        pps = [n for n in nals if n[0] & 0x1F == _NAL_PPS]
+        sps, pps = h264.parameter_sets(h264.split_annexb(data))
         if not sps or not pps or len(sps[0]) < 4:
             return
-        if (
-            self.config is not None
-            and self.config.sps == (sps[0],)
-            and self.config.pps == (pps[0],)
-        ):
+        if self.config is not None and self.config.sps == sps[:1] and self.config.pps == pps[:1]:
             return
+        config = h264.video_config_from_parameter_sets(sps[:1], pps[:1])
         encoder = self._encoder
-        s = sps[0]
-        record = bytes([1, s[1], s[2], s[3], 0xFF, 0xE1]) + len(s).to_bytes(2, "big") + s
-        record += bytes([1]) + len(pps[0]).to_bytes(2, "big") + pps[0]
-        self.config = VideoConfig(
-            codec="h264",
-            record=record,
-            sps=(s,),
-            pps=(pps[0],),
-            width=encoder.width if encoder is not None else 0,
-            height=encoder.height if encoder is not None else 0,
-            profile=s[1],
-            level=s[3],
-            profile_compat=s[2],
-        )
-
-
-def _nal_units(data: bytes) -> list[bytes]:
-    """The NAL units of an Annex B buffer, without start codes (or trailing zero bytes)."""
-    parts = data.split(b"\x00\x00\x01")
-    return [p.rstrip(b"\x00") for p in parts[1:] if p.rstrip(b"\x00")]
+        if encoder is not None and (config.width, config.height) != (encoder.width, encoder.height):
+            config = replace(config, width=encoder.width, height=encoder.height)
+        self.config = config
 
 
 def _parameter_sets(config: VideoConfig) -> tuple[list[bytes], list[bytes]]:
     """SPS and PPS from the config's fields, else from its avcC record (if it parses)."""
     if config.sps and config.pps:
         return list(config.sps), list(config.pps)
-    record = config.record
-    if len(record) < 7 or record[0] != 1:
+    try:
+        avcc = h264.parse_avcc_record(config.record)
+    except MediaError:
         return [], []
-    pos = 5
-    found: list[list[bytes]] = []
-    for mask in (0x1F, 0xFF):  # SPS count in the low 5 bits, then a PPS count byte
-        if pos >= len(record):
-            return [], []
-        count, pos = record[pos] & mask, pos + 1
-        sets = []
-        for _ in range(count):
-            size = int.from_bytes(record[pos : pos + 2], "big")
-            if pos + 2 + size > len(record):
-                return [], []
-            sets.append(record[pos + 2 : pos + 2 + size])
-            pos += 2 + size
-        found.append(sets)
-    return found[0], found[1]
+    return list(avcc.sps), list(avcc.pps)

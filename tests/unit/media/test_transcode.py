@@ -12,7 +12,8 @@ import pytest
 from av.video.frame import PictureType
 
 from ingest.errors import MediaError
-from ingest.media.codecs.transcode import BFrameRemover, _nal_units, _parameter_sets
+from ingest.media.codecs.h264 import split_annexb
+from ingest.media.codecs.transcode import BFrameRemover, _parameter_sets
 from ingest.media.units import Kind, MediaUnit, VideoConfig
 
 WIDTH, HEIGHT, FPS, GOP = 320, 240, 30, 15
@@ -45,7 +46,7 @@ def h264_with_b_frames(frames: int = 60) -> tuple[VideoConfig, list[MediaUnit]]:
         MediaUnit(Kind.VIDEO, "h264", p.dts or 0, p.pts or 0, bytes(p), keyframe=p.is_keyframe)
         for p in packets
     ]
-    nals = _nal_units(units[0].data)
+    nals = split_annexb(units[0].data)
     sps = next(n for n in nals if n[0] & 0x1F == 7)
     pps = next(n for n in nals if n[0] & 0x1F == 8)
     config = VideoConfig("h264", b"", (sps,), (pps,), WIDTH, HEIGHT, sps[1], sps[3], sps[2])
@@ -77,7 +78,7 @@ def test_removes_b_frames_keeping_frames_pts_and_keyframes() -> None:
     assert [u.pts for u in out] == sorted(u.pts for u in units)
     assert [u.pts for u in out if u.keyframe] == [u.pts for u in units if u.keyframe]
     for unit in out:
-        types = {n[0] & 0x1F for n in _nal_units(unit.data)}
+        types = {n[0] & 0x1F for n in split_annexb(unit.data)}
         assert unit.data.startswith((b"\x00\x00\x00\x01", b"\x00\x00\x01"))  # Annex B
         if unit.keyframe:
             assert {5, 7, 8} <= types  # IDR led by SPS and PPS
