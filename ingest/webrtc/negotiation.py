@@ -1,0 +1,153 @@
+"""Codec negotiation for viewers: the answer names what we really send.
+
+aiortc 1.16 negotiates against its global ``aiortc.codecs.CODECS`` table, which lists H.264 only
+as Baseline / Constrained Baseline (``42001f``, ``42e01f``), and matches offers by profile. OBS
+sends High (``640028``), so aiortc alone would answer Constrained Baseline (or nothing for a
+High-only offer) and Chrome could refuse or mis-handle the stream.
+
+We do not touch that global table. After ``setRemoteDescription`` the SFU replaces the negotiated
+codec list of *its own* video transceiver (``RTCRtpTransceiver._codecs``, which ``createAnswer``
+writes into the answer and the RTP sender sends with, first entry first) by
+:func:`h264_answer_codecs`: the offer's H.264 payload type (``packetization-mode=1``) whose
+profile matches the stream's, answered with the stream's exact ``profile-level-id``,
+``packetization-mode=1`` and ``level-asymmetry-allowed=1``, plus its RTX. Audio uses the public
+``setCodecPreferences`` (Opus only: we send Opus packets, never G.711).
+
+If the offer has no H.264 profile able to decode the stream (Firefox offers only Constrained
+Baseline), the answer falls back to the offer's own Constrained Baseline entry, unchanged, and
+logs it: browsers' H.264 decoders play High regardless of the SDP, and an answer that repeats the
+offer's parameters is always accepted.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+
+from aiortc.codecs import get_capabilities
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
+from aiortc.sdp import H264Profile, parse_h264_profile_level_id
+
+log = logging.getLogger("ingest.webrtc")
+
+OUR_VIDEO_FEEDBACK = (("nack", None), ("nack", "pli"), ("goog-remb", None))
+"""RTCP feedback we keep from the offer (aiortc answers NACKs; PLI is accepted but ignored)."""
+
+# which stream profiles a decoder of each profile can play (without B-frames, which we never send)
+_DECODES: dict[H264Profile, frozenset[H264Profile]] = {
+    H264Profile.PROFILE_CONSTRAINED_BASELINE: frozenset({H264Profile.PROFILE_CONSTRAINED_BASELINE}),
+    H264Profile.PROFILE_BASELINE: frozenset(
+        {H264Profile.PROFILE_CONSTRAINED_BASELINE, H264Profile.PROFILE_BASELINE}
+    ),
+    H264Profile.PROFILE_MAIN: frozenset(
+        {H264Profile.PROFILE_CONSTRAINED_BASELINE, H264Profile.PROFILE_MAIN}
+    ),
+    H264Profile.PROFILE_CONSTRAINED_HIGH: frozenset(
+        {
+            H264Profile.PROFILE_CONSTRAINED_BASELINE,
+            H264Profile.PROFILE_MAIN,
+            H264Profile.PROFILE_CONSTRAINED_HIGH,
+        }
+    ),
+    H264Profile.PROFILE_HIGH: frozenset(
+        {
+            H264Profile.PROFILE_CONSTRAINED_BASELINE,
+            H264Profile.PROFILE_MAIN,
+            H264Profile.PROFILE_CONSTRAINED_HIGH,
+            H264Profile.PROFILE_HIGH,
+        }
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class VideoChoice:
+    """The outcome of :func:`h264_answer_codecs`."""
+
+    codecs: list[RTCRtpCodecParameters]
+    """H.264 first, then its RTX (if offered): what the answer lists, what the sender uses."""
+    profile_level_id: str
+    """The ``profile-level-id`` written in the answer."""
+    exact: bool
+    """``False`` for the fallback (the offer had no profile able to decode the stream)."""
+
+
+def _profile(codec: RTCRtpCodecParameters) -> H264Profile | None:
+    try:
+        return parse_h264_profile_level_id(str(codec.parameters.get("profile-level-id", "42e01f")))[
+            0
+        ]
+    except ValueError:
+        return None
+
+
+def _mode(codec: RTCRtpCodecParameters) -> int:
+    try:
+        return int(codec.parameters.get("packetization-mode", 0) or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def h264_answer_codecs(
+    offered: list[RTCRtpCodecParameters], profile_level_id: str
+) -> VideoChoice | None:
+    """The codecs to answer an offer's video section with, for a stream of ``profile_level_id``;
+    ``None`` when the offer has no H.264 with ``packetization-mode=1``."""
+    candidates = [c for c in offered if c.mimeType.lower() == "video/h264" and _mode(c) == 1]
+    if not candidates:
+        return None
+    try:
+        stream_profile: H264Profile | None = parse_h264_profile_level_id(profile_level_id)[0]
+    except ValueError:
+        stream_profile = None
+    chosen: RTCRtpCodecParameters | None = None
+    for wanted in (
+        lambda p: p == stream_profile,  # the same profile: the best answer
+        lambda p: stream_profile in _DECODES.get(p, frozenset()),  # a profile that can play it
+    ):
+        chosen = next((c for c in candidates if wanted(_profile(c))), None)
+        if chosen is not None:
+            break
+    exact = chosen is not None
+    if chosen is None:
+        chosen = next(
+            (c for c in candidates if _profile(c) is H264Profile.PROFILE_CONSTRAINED_BASELINE),
+            candidates[0],
+        )
+    codec = copy.deepcopy(chosen)
+    if exact:
+        codec.parameters = {
+            "level-asymmetry-allowed": 1,
+            "packetization-mode": 1,
+            "profile-level-id": profile_level_id,
+        }
+    else:
+        log.warning(
+            "viewer offers no H.264 profile able to decode %s; answering its %s and sending "
+            "%s anyway",
+            profile_level_id,
+            chosen.parameters.get("profile-level-id"),
+            profile_level_id,
+        )
+    codec.rtcpFeedback = [
+        fb for fb in chosen.rtcpFeedback if (fb.type, fb.parameter) in OUR_VIDEO_FEEDBACK
+    ]
+    codecs = [codec]
+    rtx = next(
+        (
+            c
+            for c in offered
+            if c.mimeType.lower() == "video/rtx" and c.parameters.get("apt") == chosen.payloadType
+        ),
+        None,
+    )
+    if rtx is not None:
+        codecs.append(copy.deepcopy(rtx))
+    answered = str(codec.parameters.get("profile-level-id", "42e01f"))
+    return VideoChoice(codecs, answered, exact)
+
+
+def opus_preferences() -> list[RTCRtpCodecCapability]:
+    """Audio codec preferences: Opus only (we send Opus packets)."""
+    return [c for c in get_capabilities("audio").codecs if c.mimeType.lower() == "audio/opus"]

@@ -1,0 +1,312 @@
+"""The SFU's subscriber side: one aiortc peer connection per viewer, fed from the hub.
+
+A viewer sends an SDP offer (WHEP) for one publishing participant; :meth:`SFU.subscribe` answers
+with that participant's audio and video. Media is never decoded per viewer: each hub track has one
+shared :class:`~ingest.webrtc.bridge.TrackBridge` (passthrough, or one transcoder for everybody)
+and each viewer has its own bounded reader on the bridge's output, so a slow viewer only drops
+its own frames (video: to the next keyframe) and never stalls the publisher or other viewers.
+A bridge lives while it has viewers.
+
+ICE: no STUN/TURN servers (``RTCConfiguration(iceServers=[])``); aiortc offers host candidates
+of every interface, loopback included, all in the answer (no trickle). A session that does not
+connect within :data:`CONNECT_TIMEOUT` seconds, whose connection fails, or whose publisher's
+tracks all ended, is closed (a WHEP client then POSTs again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from dataclasses import dataclass, field
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
+from aiortc.rtcrtptransceiver import RTCRtpTransceiver
+from aiortc.sdp import MediaDescription, SessionDescription
+
+from ingest.errors import InputError, NotFoundError, RateLimitedError
+from ingest.media.hub import GOP_CACHE_MAX_UNITS, Hub, Track
+from ingest.media.units import Kind
+from ingest.webrtc.bridge import (
+    AudioBridge,
+    OpusFactory,
+    RemoverFactory,
+    TrackBridge,
+    VideoBridge,
+    bridge_for,
+)
+from ingest.webrtc.negotiation import h264_answer_codecs, opus_preferences
+from ingest.webrtc.tracks import HubPacketTrack, OpusAudioTrack, PassthroughVideoTrack
+
+log = logging.getLogger("ingest.webrtc")
+
+VIEWER_QUEUE_VIDEO = GOP_CACHE_MAX_UNITS + 1
+"""A viewer's video queue: any cached GOP fits (the hub gives a GOP only if it fits)."""
+VIEWER_QUEUE_AUDIO = 50
+"""A viewer's audio queue: 1 s of 20 ms Opus packets, then the oldest are dropped."""
+MAX_SESSIONS_DEFAULT = 1000
+"""Viewer peer connections per process before :meth:`SFU.subscribe` refuses (429)."""
+MAX_OFFER_BYTES = 64 * 1024
+"""An SDP offer larger than this is refused (a browser's is ~5 KiB)."""
+CONNECT_TIMEOUT = 30.0
+"""Seconds a session may take to connect (ICE + DTLS) before it is closed."""
+
+
+@dataclass(eq=False)
+class Session:
+    """One viewer: its peer connection, its tracks and the bridges it holds."""
+
+    session_id: str
+    call_cid: str
+    participant_id: str
+    pc: RTCPeerConnection
+    tracks: list[HubPacketTrack] = field(default_factory=list)
+    bridges: list[TrackBridge] = field(default_factory=list)
+    video_profile_level_id: str | None = None
+    """The H.264 ``profile-level-id`` the answer named (``None``: no video)."""
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    watchdog: asyncio.Task[None] | None = None
+
+
+class SFU:
+    """Owns the viewers' peer connections and the shared per-track bridges."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        max_sessions: int = MAX_SESSIONS_DEFAULT,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        remover_factory: RemoverFactory | None = None,
+        opus_factory: OpusFactory | None = None,
+    ) -> None:
+        self.hub = hub
+        self.max_sessions = max_sessions
+        self.connect_timeout = connect_timeout
+        self._remover_factory = remover_factory
+        self._opus_factory = opus_factory
+        self._sessions: dict[str, Session] = {}
+        self._bridges: dict[Track, TrackBridge] = {}
+        self._refs: dict[TrackBridge, int] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    @property
+    def sessions(self) -> dict[str, Session]:
+        """Open sessions by id (read only, please)."""
+        return self._sessions
+
+    def bridge(self, track: Track) -> TrackBridge | None:
+        """The running bridge of a hub track, if it has viewers."""
+        return self._bridges.get(track)
+
+    async def subscribe(
+        self, offer_sdp: str, call_cid: str, participant_id: str
+    ) -> tuple[str, str]:
+        """Answer a viewer's offer with the participant's media; returns (answer SDP, session
+        id). Raises :class:`NotFoundError` if the participant publishes nothing,
+        :class:`InputError` for an offer we cannot answer, :class:`RateLimitedError` when full."""
+        if len(self._sessions) >= self.max_sessions:
+            raise RateLimitedError(f"this server already has {self.max_sessions} viewers")
+        offer = _parse_offer(offer_sdp)
+        sources = {
+            kind: track
+            for kind in (Kind.AUDIO, Kind.VIDEO)
+            if (track := self.hub.track(call_cid, participant_id, kind)) is not None
+        }
+        if not sources:
+            raise NotFoundError(f"participant {participant_id} publishes nothing in {call_cid}")
+        wanted = {m.kind for m in offer.media}
+        session = Session(
+            session_id=secrets.token_urlsafe(16),
+            call_cid=call_cid,
+            participant_id=participant_id,
+            pc=RTCPeerConnection(RTCConfiguration(iceServers=[])),
+        )
+        try:
+            transceivers: dict[Kind, RTCRtpTransceiver] = {}
+            for kind, source in sources.items():
+                if kind.value not in wanted:
+                    continue
+                bridge = self._acquire(source)
+                session.bridges.append(bridge)
+                viewer = _viewer_track(bridge)
+                session.tracks.append(viewer)
+                transceiver = session.pc.addTransceiver(viewer, direction="sendonly")
+                if kind is Kind.AUDIO:
+                    transceiver.setCodecPreferences(opus_preferences())
+                transceivers[kind] = transceiver
+            if not transceivers:
+                raise InputError("the offer has no audio or video section this participant sends")
+            try:
+                await session.pc.setRemoteDescription(
+                    RTCSessionDescription(sdp=offer_sdp, type="offer")
+                )
+            except (ValueError, AssertionError, InvalidAccessError, InvalidStateError) as exc:
+                raise InputError(f"cannot use this SDP offer: {exc}") from exc
+            except OperationError as exc:  # no codec in common
+                raise InputError(f"cannot answer this SDP offer: {exc}") from exc
+            video = transceivers.get(Kind.VIDEO)
+            if video is not None:
+                session.video_profile_level_id = _negotiate_video(video, offer, session.bridges)
+            answer = await session.pc.createAnswer()
+            await session.pc.setLocalDescription(answer)
+        except BaseException:
+            await self._discard(session)
+            raise
+        self._sessions[session.session_id] = session
+        self._watch(session)
+        log.info(
+            "viewer session %s… of %s/%s: %s",
+            session.session_id[:6],
+            call_cid,
+            participant_id,
+            ", ".join(repr(b) for b in session.bridges),
+        )
+        return session.pc.localDescription.sdp, session.session_id
+
+    async def close(self, session_id: str) -> None:
+        """Close a viewer session; :class:`NotFoundError` if there is none by that id."""
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            raise NotFoundError(f"no viewer session {session_id}")
+        await self._discard(session)
+        log.info("viewer session %s… closed", session_id[:6])
+
+    async def stop(self) -> None:
+        """Close every session and bridge."""
+        sessions, self._sessions = list(self._sessions.values()), {}
+        await asyncio.gather(*(self._discard(s) for s in sessions), return_exceptions=True)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+        bridges, self._bridges, self._refs = list(self._bridges.values()), {}, {}
+        await asyncio.gather(*(b.stop() for b in bridges), return_exceptions=True)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _acquire(self, source: Track) -> TrackBridge:
+        bridge = self._bridges.get(source)
+        if bridge is None or bridge.ended:
+            bridge = bridge_for(
+                source,
+                remover_factory=self._remover_factory,
+                opus_factory=self._opus_factory,
+            )
+            bridge.start()
+            self._bridges[source] = bridge
+            self._refs[bridge] = 0
+        self._refs[bridge] += 1
+        return bridge
+
+    async def _release(self, bridge: TrackBridge) -> None:
+        refs = self._refs.get(bridge, 0) - 1
+        if refs > 0:
+            self._refs[bridge] = refs
+            return
+        self._refs.pop(bridge, None)
+        if self._bridges.get(bridge.source) is bridge:
+            del self._bridges[bridge.source]
+        await bridge.stop()
+
+    async def _discard(self, session: Session) -> None:
+        """Stop a session's tracks, connection and watchdog; release its bridges."""
+        watchdog = session.watchdog
+        if watchdog is not None and watchdog is not asyncio.current_task():
+            watchdog.cancel()
+        for track in session.tracks:
+            track.stop()
+        try:
+            await session.pc.close()
+        except Exception:
+            log.exception("closing the peer connection of session %s…", session.session_id[:6])
+        bridges, session.bridges = session.bridges, []
+        for bridge in bridges:
+            await self._release(bridge)
+        session.closed.set()
+
+    def _watch(self, session: Session) -> None:
+        pc = session.pc
+
+        @pc.on("connectionstatechange")
+        def _changed() -> None:
+            state = pc.connectionState
+            if state == "connected":
+                session.connected.set()
+            elif state in ("failed", "closed"):
+                self._close_later(session.session_id, f"connection {state}")
+
+        def _track_ended() -> None:
+            if all(t.readyState == "ended" for t in session.tracks):
+                self._close_later(session.session_id, "the publisher's tracks ended")
+
+        for track in session.tracks:
+            track.on("ended", _track_ended)
+
+        async def watchdog() -> None:
+            try:
+                await asyncio.wait_for(session.connected.wait(), self.connect_timeout)
+            except TimeoutError:
+                self._close_later(session.session_id, "did not connect in time")
+
+        session.watchdog = asyncio.get_running_loop().create_task(watchdog())
+
+    def _close_later(self, session_id: str, why: str) -> None:
+        if session_id not in self._sessions:
+            return
+        log.info("viewer session %s…: %s, closing it", session_id[:6], why)
+
+        async def close() -> None:
+            with contextlib.suppress(NotFoundError):
+                await self.close(session_id)
+
+        task = asyncio.get_running_loop().create_task(close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+
+def _parse_offer(offer_sdp: str) -> SessionDescription:
+    if len(offer_sdp.encode()) > MAX_OFFER_BYTES:
+        raise InputError(f"the SDP offer is larger than {MAX_OFFER_BYTES} bytes")
+    try:
+        offer = SessionDescription.parse(offer_sdp)
+    except Exception as exc:  # aiortc's parser raises whatever its split/int() raise
+        raise InputError(f"the body is not an SDP offer: {exc}") from exc
+    if not any(m.kind in ("audio", "video") for m in offer.media):
+        raise InputError("the SDP offer has no audio or video section")
+    return offer
+
+
+def _viewer_track(bridge: TrackBridge) -> HubPacketTrack:
+    if isinstance(bridge, VideoBridge):
+        reader = bridge.output.subscribe(
+            max_queue=VIEWER_QUEUE_VIDEO, from_gop=True, name="webrtc-viewer-video"
+        )
+        return PassthroughVideoTrack(reader, live_edge=lambda: bridge.last_pts)
+    assert isinstance(bridge, AudioBridge)
+    # no audio backlog: the video backlog is stamped to the live edge, so audio starts live too
+    reader = bridge.output.subscribe(
+        max_queue=VIEWER_QUEUE_AUDIO, from_gop=False, name="webrtc-viewer-audio"
+    )
+    return OpusAudioTrack(reader)
+
+
+def _negotiate_video(
+    transceiver: RTCRtpTransceiver, offer: SessionDescription, bridges: list[TrackBridge]
+) -> str:
+    """Replace aiortc's H.264 choice for our video transceiver (see ``negotiation``)."""
+    bridge = next(b for b in bridges if isinstance(b, VideoBridge))
+    media = _media_of(offer, transceiver.mid)
+    choice = h264_answer_codecs(media.rtp.codecs, bridge.profile_level_id)
+    if choice is None:
+        raise InputError("the offer has no H.264 with packetization-mode=1; we only send H.264")
+    transceiver._codecs = choice.codecs
+    return choice.profile_level_id
+
+
+def _media_of(offer: SessionDescription, mid: str | None) -> MediaDescription:
+    for media in offer.media:
+        if media.rtp.muxId == mid:
+            return media
+    raise InputError(f"the offer has no media section with mid {mid!r}")

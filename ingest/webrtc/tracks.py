@@ -1,0 +1,123 @@
+"""aiortc tracks that send pre-encoded hub media: ``recv()`` returns :class:`av.Packet`.
+
+aiortc's RTP sender packs an ``av.Packet`` with the negotiated codec's ``pack()`` (H.264: FU-A /
+STAP-A from the Annex B access unit; Opus: one packet per RTP packet) instead of encoding, and
+sets the RTP timestamp to ``random origin + pts x time_base x clock rate``. So the pts we give is
+the RTP timeline: video at 90 kHz (ms x 90), audio at 48 kHz (ms x 48), both from the same
+participant timeline, which keeps audio and video in sync (receivers line them up with RTCP SR).
+
+In this mode aiortc ignores PLI/FIR. A viewer therefore starts at a keyframe from the hub's GOP
+cache. Those cached frames are older than live; sent with their real timestamps they would make
+a browser's jitter buffer play the whole GOP late, so while a viewer catches up (frames behind
+the live edge are queued) each frame is stamped just before the live edge instead, 1 tick apart:
+the browser decodes the backlog at once and shows live pictures, with timestamps that only grow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from fractions import Fraction
+from typing import Any
+
+import av
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from ingest.media.hub import Reader, TrackEndedError
+from ingest.media.units import MediaUnit
+
+VIDEO_CLOCK_RATE = 90_000
+VIDEO_TIME_BASE = Fraction(1, VIDEO_CLOCK_RATE)
+AUDIO_CLOCK_RATE = 48_000
+AUDIO_TIME_BASE = Fraction(1, AUDIO_CLOCK_RATE)
+
+LiveEdge = Callable[[], int | None]
+"""Returns the pts (ms) of the newest unit the viewer's source has, or ``None``."""
+
+
+class HubPacketTrack(MediaStreamTrack):
+    """Base: reads units from a hub :class:`Reader`, returns them as ``av.Packet``.
+
+    Stopping the track (aiortc does when the sender stops) closes the reader; the end of the hub
+    track ends this track (:class:`MediaStreamError`, which stops aiortc's sender quietly).
+    """
+
+    clock_rate = 0
+    time_base = Fraction(1)
+
+    def __init__(self, reader: Reader) -> None:
+        super().__init__()
+        self.reader = reader
+        self.packets = 0
+        """Packets returned by :meth:`recv`."""
+        self._last_ts: int | None = None
+
+    async def recv(self) -> av.Packet[Any]:
+        """The next unit as a packet whose pts is in :attr:`time_base`."""
+        if self.readyState != "live":
+            raise MediaStreamError
+        try:
+            unit = await self.reader.get()
+        except TrackEndedError:
+            self.stop()
+            raise MediaStreamError from None
+        ts = self._timestamp(unit)
+        if self._last_ts is not None and ts <= self._last_ts:
+            ts = self._last_ts + 1  # RTP timestamps of successive frames must differ
+        self._last_ts = ts
+        self.packets += 1
+        return to_packet(unit, ts, self.time_base)
+
+    def stop(self) -> None:
+        super().stop()
+        self.reader.close()
+
+    def _timestamp(self, unit: MediaUnit) -> int:
+        return unit.pts * self.clock_rate // 1000
+
+
+class PassthroughVideoTrack(HubPacketTrack):
+    """H.264 access units (Annex B, SPS/PPS before each IDR) as packets at 90 kHz.
+
+    ``live_edge`` enables the catch-up stamping of the module docstring; without it every frame
+    keeps its own pts.
+    """
+
+    kind = "video"
+    clock_rate = VIDEO_CLOCK_RATE
+    time_base = VIDEO_TIME_BASE
+
+    def __init__(self, reader: Reader, *, live_edge: LiveEdge | None = None) -> None:
+        super().__init__(reader)
+        self._live_edge = live_edge
+        self._catching_up = live_edge is not None
+        self.caught_up_after = 0
+        """Frames sent before reaching the live edge (the cached GOP's backlog)."""
+
+    def _timestamp(self, unit: MediaUnit) -> int:
+        ts = unit.pts * VIDEO_CLOCK_RATE // 1000
+        if not self._catching_up or self._live_edge is None:
+            return ts
+        live = self._live_edge()
+        behind = self.reader.queued  # frames after this one, all no newer than the live edge
+        if live is None or unit.pts >= live or behind == 0:
+            self._catching_up = False
+            return ts
+        self.caught_up_after += 1
+        return live * VIDEO_CLOCK_RATE // 1000 - behind - 1
+
+
+class OpusAudioTrack(HubPacketTrack):
+    """20 ms Opus packets (from the shared transcoder) at 48 kHz."""
+
+    kind = "audio"
+    clock_rate = AUDIO_CLOCK_RATE
+    time_base = AUDIO_TIME_BASE
+
+
+def to_packet(unit: MediaUnit, pts: int, time_base: Fraction) -> av.Packet[Any]:
+    """``unit.data`` as a packet with ``pts`` (and ``dts``) in ``time_base``."""
+    packet = av.Packet(unit.data)
+    packet.pts = pts
+    packet.dts = pts
+    packet.time_base = time_base
+    return packet

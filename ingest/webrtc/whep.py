@@ -1,0 +1,130 @@
+"""WHEP (WebRTC-HTTP Egress Protocol, draft-ietf-wish-whep) endpoints for viewers.
+
+``POST /whep/{type}/{id}/{user_id}`` with ``Content-Type: application/sdp`` and
+``Authorization: Bearer <token>`` answers ``201 Created`` with the SDP answer and
+``Location: /whep/session/{session_id}``; ``DELETE`` on that location ends the session. No trickle
+ICE (the answer holds every candidate): ``PATCH`` answers 405. ``OPTIONS`` answers CORS
+preflights; every response carries ``Access-Control-Allow-Origin: *`` and exposes ``Location``.
+
+Who may watch is the app's business: ``authorize(token, call_type, call_id, user_id)`` checks the
+token and backstage rules and returns the call cid and the participant id user_id publishes as;
+it raises :class:`~ingest.errors.IngestError` subclasses, returned as
+``{"code", "message", "StatusCode"}`` with the error's status (401, 403, 404, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from ingest.errors import AuthenticationError, IngestError, InputError
+from ingest.webrtc.sfu import MAX_OFFER_BYTES, SFU
+
+Authorize = Callable[[str, str, str, str], Awaitable[tuple[str, str]]]
+"""``(token, call_type, call_id, user_id) -> (call_cid, participant_id)``."""
+
+SDP_MEDIA_TYPE = "application/sdp"
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, DELETE, PATCH, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
+    "Access-Control-Expose-Headers": "Location, ETag, Link",
+    "Access-Control-Max-Age": "600",
+}
+
+
+class UnsupportedMediaTypeError(InputError):
+    """The offer was not sent as ``application/sdp``."""
+
+    status = 415
+
+
+class PayloadTooLargeError(InputError):
+    status = 413
+
+
+def error_response(exc: IngestError) -> JSONResponse:
+    """An error as Stream's JSON shape, with CORS headers."""
+    return JSONResponse(
+        {"code": exc.code, "message": exc.message, "StatusCode": exc.status},
+        status_code=exc.status,
+        headers=CORS_HEADERS,
+    )
+
+
+def bearer_token(request: Request) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise AuthenticationError("send the user token as 'Authorization: Bearer <token>'")
+    return token
+
+
+def build_whep_router(sfu: SFU, authorize: Authorize) -> APIRouter:
+    """The WHEP endpoints, serving viewers from ``sfu``."""
+    router = APIRouter(tags=["whep"])
+
+    @router.post("/whep/{call_type}/{call_id}/{user_id}", status_code=201)
+    async def whep_subscribe(
+        request: Request, call_type: str, call_id: str, user_id: str
+    ) -> Response:
+        """Answer a viewer's SDP offer with the media user_id publishes in the call."""
+        try:
+            token = bearer_token(request)
+            content_type = request.headers.get("content-type", "")
+            if content_type.split(";")[0].strip().lower() != SDP_MEDIA_TYPE:
+                raise UnsupportedMediaTypeError(
+                    f"send the SDP offer as Content-Type: {SDP_MEDIA_TYPE}, not {content_type!r}"
+                )
+            body = await request.body()
+            if len(body) > MAX_OFFER_BYTES:
+                raise PayloadTooLargeError(f"the SDP offer is larger than {MAX_OFFER_BYTES} bytes")
+            try:
+                offer = body.decode()
+            except UnicodeDecodeError as exc:
+                raise InputError("the SDP offer is not UTF-8 text") from exc
+            call_cid, participant_id = await authorize(token, call_type, call_id, user_id)
+            answer, session_id = await sfu.subscribe(offer, call_cid, participant_id)
+        except IngestError as exc:
+            return error_response(exc)
+        location = request.url_for("whep_session", session_id=session_id).path
+        return Response(
+            answer,
+            status_code=201,
+            media_type=SDP_MEDIA_TYPE,
+            headers={**CORS_HEADERS, "Location": location},
+        )
+
+    @router.delete("/whep/session/{session_id}", name="whep_session")
+    async def whep_delete(session_id: str) -> Response:
+        """End a viewer session."""
+        try:
+            await sfu.close(session_id)
+        except IngestError as exc:
+            return error_response(exc)
+        return Response(status_code=200, headers=CORS_HEADERS)
+
+    @router.patch("/whep/session/{session_id}")
+    async def whep_patch(session_id: str) -> Response:
+        """Trickle ICE / ICE restart: not supported (the answer carries every candidate)."""
+        exc = InputError("trickle ICE is not supported: the answer has every candidate")
+        exc.status = 405
+        response = error_response(exc)
+        response.headers["Allow"] = "DELETE, OPTIONS"
+        return response
+
+    @router.options("/whep/{call_type}/{call_id}/{user_id}")
+    async def whep_preflight(call_type: str, call_id: str, user_id: str) -> Response:
+        """CORS preflight of the offer POST."""
+        return Response(status_code=204, headers={**CORS_HEADERS, "Accept-Post": SDP_MEDIA_TYPE})
+
+    @router.options("/whep/session/{session_id}")
+    async def whep_session_preflight(session_id: str) -> Response:
+        """CORS preflight of DELETE / PATCH."""
+        return Response(status_code=204, headers=CORS_HEADERS)
+
+    return router
