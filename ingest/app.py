@@ -26,6 +26,9 @@ from .calls.api import build_router, install_error_handlers
 from .calls.service import CallService
 from .config import Settings
 from .errors import ConfigError
+from .ingress import RtmpIngress
+from .media.hub import Hub
+from .rtmp.server import RTMPServer
 from .store.db import Store
 
 log = logging.getLogger("ingest")
@@ -102,6 +105,11 @@ class _LiveCollector(Collector):
             parts.add_metric([source], n)
         yield parts
         yield CounterMetricFamily("ingest_events", "Events emitted", value=self.app.bus.count)
+        if self.app.rtmp is not None:
+            yield GaugeMetricFamily(
+                "ingest_rtmp_connections", "Open RTMP connections", value=self.app.rtmp.connections
+            )
+        yield from self._publisher_health()
         if self.app.webhooks is not None:
             wh = CounterMetricFamily(
                 "ingest_webhooks", "Webhook deliveries by outcome", labels=["outcome"]
@@ -109,6 +117,38 @@ class _LiveCollector(Collector):
             wh.add_metric(["delivered"], self.app.webhooks.delivered)
             wh.add_metric(["failed"], self.app.webhooks.failed)
             yield wh
+
+    def _publisher_health(self) -> Any:
+        labels = ["call_cid", "user_id"]
+        fams = {
+            "bitrate": GaugeMetricFamily(
+                "ingest_publisher_bitrate_kbps", "Publisher bitrate (audio + video)", labels=labels
+            ),
+            "fps": GaugeMetricFamily("ingest_publisher_fps", "Publisher frame rate", labels=labels),
+            "keyint": GaugeMetricFamily(
+                "ingest_publisher_keyframe_interval_seconds", "Keyframe interval", labels=labels
+            ),
+            "bframes": GaugeMetricFamily(
+                "ingest_publisher_b_frames", "1 when the stream has B-frames", labels=labels
+            ),
+            "skew": GaugeMetricFamily(
+                "ingest_publisher_av_skew_ms", "Audio minus video timestamp", labels=labels
+            ),
+        }
+        ingress = self.app.ingress
+        for pub in ingress.publishers() if ingress is not None else []:
+            snap = pub.health_snapshot()
+            key = [pub.participant.call_cid, pub.participant.user_id]
+            fams["bitrate"].add_metric(key, snap["bitrate_kbps"])
+            video = snap.get("video") or {}
+            if video.get("fps") is not None:
+                fams["fps"].add_metric(key, video["fps"])
+            if video.get("keyframe_interval_s") is not None:
+                fams["keyint"].add_metric(key, video["keyframe_interval_s"])
+            fams["bframes"].add_metric(key, 1.0 if video.get("b_frames") else 0.0)
+            if snap.get("av_skew_ms") is not None:
+                fams["skew"].add_metric(key, snap["av_skew_ms"])
+        yield from fams.values()
 
 
 class App:
@@ -126,6 +166,9 @@ class App:
         self._http_server: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
         self.webhooks: ev.WebhookSender | None = None
+        self.hub = Hub()
+        self.rtmp: RTMPServer | None = None
+        self.ingress: RtmpIngress | None = None
         self._stopped = False
         self.calls: CallService = None  # type: ignore[assignment]  # set in start()
         self.api: FastAPI = None  # type: ignore[assignment]
@@ -138,17 +181,33 @@ class App:
         self._http_sock = _bind(s.host, s.http_port)
         self.http_port = self._http_sock.getsockname()[1]
         http_base = s.public_http_url or f"http://{s.public_host}:{self.http_port}"
-        rtmp_public_port = s.public_rtmp_port or s.rtmp_port
         self.calls = CallService(
             self.store,
             self.bus,
             api_key=self.creds.api_key,
             api_secret=self.creds.api_secret,
-            rtmp_base=f"rtmp://{s.public_host}:{rtmp_public_port}",
+            rtmp_base="",  # known once the RTMP listener is bound, below
             http_base=http_base,
             token_leeway=s.token_leeway,
         )
         await self.calls.install_builtin_call_types()
+        self.ingress = RtmpIngress(self.calls, self.hub)
+        self.rtmp = RTMPServer(
+            self.ingress,
+            s.host,
+            s.rtmp_port,
+            max_connections=s.rtmp_max_connections,
+            idle_timeout=s.rtmp_idle_timeout,
+        )
+        try:
+            await self.rtmp.start()
+        except OSError as e:
+            raise ConfigError(
+                f"cannot listen for RTMP on {s.host}:{s.rtmp_port} ({e.strerror}): "
+                "choose another rtmp_port"
+            ) from None
+        self.rtmp_port = self.rtmp.port
+        self.calls.rtmp_base = f"rtmp://{s.public_host}:{s.public_rtmp_port or self.rtmp_port}"
         if s.webhook_url:
             self.webhooks = ev.WebhookSender(
                 self.bus,
@@ -168,7 +227,13 @@ class App:
         self._http_task = asyncio.create_task(
             self._http_server.serve(sockets=[self._http_sock]), name="http"
         )
-        log.info("HTTP API on http://%s:%d", s.host, self.http_port)
+        log.info(
+            "HTTP API on http://%s:%d, RTMP on %s:%d",
+            s.host,
+            self.http_port,
+            s.host,
+            self.rtmp_port,
+        )
 
     def _build_api(self) -> FastAPI:
         api = FastAPI(
@@ -197,6 +262,9 @@ class App:
         if self._stopped:
             return
         self._stopped = True
+        if self.rtmp is not None:
+            await self.rtmp.stop()
+        self.hub.close()
         if self._http_server is not None:
             self._http_server.should_exit = True
         if self._http_task is not None:

@@ -94,18 +94,18 @@ async def test_serve_token_and_call_create(tmp_path: Path) -> None:
 
 async def test_serve_refuses_bad_configuration(tmp_path: Path) -> None:
     env = dict(CLEAN_ENV, INGEST_HTTP_PORT="not-a-port")
-    code, out, err = await run("serve", "--data-dir", str(tmp_path), env=env)
+    code, _, err = await run("serve", "--data-dir", str(tmp_path), env=env)
     assert code != 0
     assert "http_port" in err
     assert "INGEST_HTTP_PORT" in err
     cfg = tmp_path / "c.toml"
     cfg.write_text("colour = 'blue'\n")
-    code, out, err = await run("--config", str(cfg), "serve", env=CLEAN_ENV)
+    code, _, err = await run("--config", str(cfg), "serve", env=CLEAN_ENV)
     assert code != 0
     assert "unknown key 'colour'" in err
 
 
 async def test_token_without_credentials_says_how_to_get_them(tmp_path: Path) -> None:
-    code, out, err = await run("token", "alice", "--data-dir", str(tmp_path / "empty"))
+    code, _, err = await run("token", "alice", "--data-dir", str(tmp_path / "empty"))
     assert code != 0
     assert "ingest serve" in err

@@ -65,7 +65,7 @@ def _free_port() -> int:
 
 @pytest.fixture
 def postgres() -> Iterator[str]:
-    """A throwaway PostgreSQL server on 127.0.0.1 (Debian's postgresql package; scripts/test installs it)."""
+    """A throwaway PostgreSQL server on 127.0.0.1 (Debian package; scripts/test installs it)."""
     bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not bins:
         pytest.skip("PostgreSQL is not installed (scripts/test installs it)")
