@@ -59,7 +59,7 @@ async def test_livestream_flow_with_the_sdk(server: App) -> None:
     assert data.call.cid == "livestream:show1"
     assert data.call.backstage is True
     assert data.call.ingress.rtmp.address == (
-        f"rtmp://127.0.0.1:{server.settings.rtmp_port}/{API_KEY}.livestream.show1"
+        f"rtmp://127.0.0.1:{server.rtmp_port}/{API_KEY}.livestream.show1"
     )
     assert data.call.created_by.id == "alice"
     assert [m.user_id for m in data.members] == ["alice"]
