@@ -30,6 +30,8 @@ from .ingress import RtmpIngress
 from .media.hub import Hub
 from .rtmp.server import RTMPServer
 from .store.db import Store
+from .webrtc.sfu import SFU
+from .webrtc.whep import build_whep_router
 
 log = logging.getLogger("ingest")
 
@@ -167,6 +169,7 @@ class App:
         self._http_task: asyncio.Task[None] | None = None
         self.webhooks: ev.WebhookSender | None = None
         self.hub = Hub()
+        self.sfu = SFU(self.hub)
         self.rtmp: RTMPServer | None = None
         self.ingress: RtmpIngress | None = None
         self._stopped = False
@@ -243,6 +246,7 @@ class App:
         )
         install_error_handlers(api)
         api.include_router(build_router(self.calls))
+        api.include_router(build_whep_router(self.sfu, self.calls.authorize_whep))
         self.registry.register(_LiveCollector(self))
         up = Gauge("ingest_up", "1 while the server runs", registry=self.registry)
         up.set(1)
@@ -262,6 +266,7 @@ class App:
         if self._stopped:
             return
         self._stopped = True
+        await self.sfu.stop()
         if self.rtmp is not None:
             await self.rtmp.stop()
         self.hub.close()

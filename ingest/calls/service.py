@@ -839,6 +839,38 @@ class CallService:
         )
         return caller, call, ct, role
 
+    # --- watching (WebRTC viewers) ----------------------------------------------------------
+
+    async def authorize_watch(self, caller: Caller, call: Call, ct: CallType) -> None:
+        """May this caller receive the call's media now? Backstage rules apply."""
+        if caller.server:
+            return
+        have = await self.capabilities_of(caller, call, ct)
+        if caps.JOIN_CALL not in have and caps.JOIN_BACKSTAGE not in have:
+            raise PermissionDeniedError(
+                f"{caller.label} may not join {call.cid}: their role lacks 'join-call'"
+            )
+        if call.backstage and caps.JOIN_BACKSTAGE not in have:
+            raise PermissionDeniedError(
+                f"{call.cid} is not live yet: it is in backstage, where only hosts may watch; "
+                "wait for go_live"
+            )
+
+    async def authorize_whep(
+        self, token: str, call_type: str, call_id: str, user_id: str
+    ) -> tuple[str, str]:
+        """WHEP: (call cid, participant session id) of user_id's live publish, if allowed."""
+        caller = await self.authenticate(token)
+        call, ct = await self.load_call(call_type, call_id)
+        await self.authorize_watch(caller, call, ct)
+        live = [p for p in self.list_participants(call.cid) if p.user_id == user_id]
+        if not live:
+            raise NotFoundError(
+                f"user '{user_id}' is not publishing in {call.cid} right now: start the RTMP "
+                "stream first (participants: GET .../participants)"
+            )
+        return call.cid, live[-1].session_id
+
     # --- addresses -------------------------------------------------------------------------
 
     def rtmp_address(self, call: Call) -> str:
