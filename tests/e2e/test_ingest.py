@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -335,3 +336,71 @@ async def test_health_reaches_the_api_and_metrics(call: Call, media: Path) -> No
     assert any("B-frames" in h for h in health["hints"])
     assert 'ingest_publisher_b_frames{call_cid="livestream:show",user_id="alice"} 1.0' in metrics
     assert "ingest_rtmp_connections 1.0" in metrics
+
+
+async def test_reconnect_continues_the_participants_timeline(call: Call, media: Path) -> None:
+    src = make_flv(media / "baseline-bf0.flv", profile="baseline")
+    first = asyncio.create_task(collect(call.app))
+    code, err = await finish(await push(call.url("alice"), src, realtime=True))
+    assert code == 0, err
+    before = await first
+    second = asyncio.create_task(collect(call.app))
+    code, err = await finish(await push(call.url("alice"), src, realtime=True))
+    assert code == 0, err
+    after = await second
+    # The encoder restarts at 0, the participant's timeline does not go back.
+    end = max(u.dts for u in before)
+    assert min(u.dts for u in after) > end
+    assert min(u.dts for u in after) - end < 100
+    # One constant shift for the whole second connection (audio that came before the first
+    # video frame is clamped to the new start, so only audio after it is compared exactly).
+    want = expected_from_file(src)
+    got = [got_from_unit(u) for u in after]
+    want_v = [e for e in want if e.kind == "video"]
+    got_v = [g for g in got if g.kind == "video"]
+    shift = got_v[0].dts - want_v[0].dts
+    assert [(g.dts, g.pts, g.payload) for g in got_v] == [
+        (w.dts + shift, w.pts + shift, w.payload) for w in want_v
+    ]
+    want_a = [e for e in want if e.kind == "audio"]
+    got_a = [g for g in got if g.kind == "audio"]
+    assert len(got_a) == len(want_a)
+    late = [
+        (g.dts, w.dts + shift) for g, w in zip(got_a, want_a, strict=True) if g.dts > got_v[0].dts
+    ]
+    assert late
+    assert all(a == b for a, b in late)
+
+
+@pytest.mark.parametrize(
+    ("codec_args", "reason"),
+    [
+        (["-c:v", "flv", "-c:a", "aac"], "Sorenson H.263"),
+        (["-c:v", "libx264", "-c:a", "libmp3lame"], "MP3"),
+    ],
+)
+async def test_unsupported_codec_is_refused_with_ingress_error(
+    call: Call, media: Path, tmp_path: Path, codec_args: list[str], reason: str
+) -> None:
+    bad = tmp_path / "bad.flv"
+    await asyncio.to_thread(
+        subprocess.run,
+        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30",
+         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", "2",
+         *codec_args, str(bad)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    good = make_flv(media / "baseline-bf0.flv", profile="baseline")
+    with call.app.bus.subscribe("livestream:show") as sub:
+        bob = await push(call.url("bob"), good, realtime=True, loop=True)
+        await wait_event(sub, "ingress.started", user={"id": "bob"})
+        code, _ = await finish(await push(call.url("alice"), bad, realtime=True))
+        error = await wait_event(sub, "ingress.error")
+        assert error["user"]["id"] == "alice"
+        assert reason in error["error"]
+        assert "OBS" in error["error"]  # says what to change
+        assert code != 0
+        # Bob's stream was not disturbed.
+        assert [p.user_id for p in call.app.calls.list_participants("livestream:show")] == ["bob"]
+        bob.terminate()
+        await finish(bob)
