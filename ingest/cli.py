@@ -23,6 +23,17 @@ def _settings(ctx: click.Context, **overrides: Any) -> Settings:
         raise click.ClickException(e.message) from None
 
 
+def _credentials(ctx: click.Context, data_dir: Path | None) -> tuple[Settings, Any]:
+    """Settings and the API key/secret a running (or once-started) server uses."""
+    from .app import load_credentials
+
+    settings = _settings(ctx, data_dir=data_dir)
+    try:
+        return settings, load_credentials(settings, create=False)
+    except ConfigError as e:
+        raise click.ClickException(e.message) from None
+
+
 @click.group()
 @click.version_option(__version__, prog_name="ingest")
 @click.option(
@@ -85,14 +96,9 @@ def token(
     ctx: click.Context, user_id: str, ttl: int, no_expiry: bool, data_dir: Path | None
 ) -> None:
     """Print a user token (use it as the RTMP stream key or a browser client's token)."""
-    from .app import load_credentials
     from .calls.tokens import create_token
 
-    settings = _settings(ctx, data_dir=data_dir)
-    try:
-        creds = load_credentials(settings, create=False)
-    except ConfigError as e:
-        raise click.ClickException(e.message) from None
+    _, creds = _credentials(ctx, data_dir)
     if ttl <= 0 and not no_expiry:
         raise click.ClickException("--ttl must be positive (or use --no-expiry)")
     click.echo(create_token(creds.api_secret, user_id, ttl=None if no_expiry else ttl))
@@ -125,14 +131,9 @@ def call_create(
     data_dir: Path | None,
 ) -> None:
     """Create a call with its hosts; print what to paste into OBS."""
-    from .app import load_credentials
     from .calls.tokens import create_server_token, create_token
 
-    settings = _settings(ctx, data_dir=data_dir)
-    try:
-        creds = load_credentials(settings, create=False)
-    except ConfigError as e:
-        raise click.ClickException(e.message) from None
+    settings, creds = _credentials(ctx, data_dir)
     base = (server or f"http://127.0.0.1:{settings.http_port}").rstrip("/")
     headers = {"Authorization": create_server_token(creds.api_secret), "stream-auth-type": "jwt"}
     params = {"api_key": creds.api_key}
