@@ -242,11 +242,18 @@ def build_router(svc: CallService) -> APIRouter:
         changed = await svc.update_members(caller, *path_call(request), await _json_body(request))
         return {"members": await R.members_json(svc, changed)}
 
-    @route("POST", "/video/call/{type}/{id}/members/query")
+    @route("POST", "/video/call/members")
     async def query_call_members(request: Request, caller: Caller) -> dict[str, Any]:
-        """All members of a call (filters are not supported)."""
-        call, _ = await svc.get_call(caller, *path_call(request))
-        return {"members": await R.members_json(svc, await svc.store.list_members(call.cid))}
+        """Members of the call named by ``type`` and ``id`` in the body (no filters yet)."""
+        body = await _json_body(request)
+        call_type, call_id = body.get("type"), body.get("id")
+        if not isinstance(call_type, str) or not isinstance(call_id, str):
+            raise InputError('give the call as {"type": "<call type>", "id": "<call id>"}')
+        if body.get("filter_conditions"):
+            raise InputError("filter_conditions are not supported: leave them out")
+        call, _ = await svc.get_call(caller, call_type, call_id)
+        members = await svc.store.list_members(call.cid, body.get("limit") or None)
+        return {"members": await R.members_json(svc, members)}
 
     @route("POST", "/video/call/{type}/{id}/event")
     async def send_call_event(request: Request, caller: Caller) -> dict[str, Any]:
@@ -281,18 +288,17 @@ def build_router(svc: CallService) -> APIRouter:
     route("POST", "/video/call/{type}/{id}/participants")(participants)
     route("GET", "/video/call/{type}/{id}/participants")(participants)
 
-    for what, path in (("hls", "broadcasting"), ("recording", "recording")):
+    @route("POST", "/video/call/{type}/{id}/start_broadcasting")
+    async def start_hls_broadcasting(request: Request, caller: Caller) -> dict[str, Any]:
+        """Ask for HLS (recorded as intent until the HLS sink exists)."""
+        await svc.set_intent(caller, *path_call(request), "hls", True)
+        return {"playlist_url": ""}
 
-        def make(what: str, on: bool) -> Handler:
-            async def toggle(request: Request, caller: Caller) -> dict[str, Any]:
-                call, ct = await svc.set_intent(caller, *path_call(request), what, on)
-                return {"call": await R.call_json(svc, call, ct)}
-
-            toggle.__name__ = f"{'start' if on else 'stop'}_{what}"
-            return toggle
-
-        route("POST", f"/video/call/{{type}}/{{id}}/start_{path}")(make(what, True))
-        route("POST", f"/video/call/{{type}}/{{id}}/stop_{path}")(make(what, False))
+    @route("POST", "/video/call/{type}/{id}/stop_broadcasting")
+    async def stop_hls_broadcasting(request: Request, caller: Caller) -> dict[str, Any]:
+        """Stop HLS."""
+        await svc.set_intent(caller, *path_call(request), "hls", False)
+        return {}
 
     async def start_rec(request: Request, caller: Caller) -> dict[str, Any]:
         await svc.set_intent(caller, *path_call(request), "recording", True)

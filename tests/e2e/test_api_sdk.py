@@ -216,3 +216,27 @@ async def test_custom_event_reaches_subscribers(server: App) -> None:
     assert event["type"] == "custom"
     assert event["custom"] == {"hello": "world"}
     assert event["user"]["id"] == "viewer"
+
+
+async def test_members_query_hls_and_recording_intent(server: App) -> None:
+    client = sdk(server)
+    call, _ = await setup_call(client)
+    members = await client.video.query_call_members(type="livestream", id="show1")
+    assert [m.user_id for m in members.data.members] == ["alice"]
+    with server.bus.subscribe("livestream:show1") as sub:
+        await call.start_hls_broadcasting()
+        await call.start_recording(recording_type="composite")
+        got = await call.get()
+        assert got.data.call.egress.broadcasting is True
+        assert got.data.call.recording is True
+        await call.stop_hls_broadcasting()
+        await call.stop_recording(recording_type="composite")
+        types = [e["type"] for e in iter(sub.get_nowait, None)]
+    assert types == [
+        "call.hls_broadcasting_started",
+        "call.recording_started",
+        "call.hls_broadcasting_stopped",
+        "call.recording_stopped",
+    ]
+    recordings = await call.list_recordings()
+    assert recordings.data.recordings == []
