@@ -31,11 +31,13 @@ from .media.hub import Hub
 from .rtmp.server import RTMPServer
 from .store.db import Store
 from .webrtc.sfu import SFU
+from .webrtc.signaling import Signaling, build_signaling_router
 from .webrtc.whep import build_whep_router
 
 log = logging.getLogger("ingest")
 
 CREDENTIALS_FILE = "credentials.json"
+WS_MAX_FRAME_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +172,7 @@ class App:
         self.webhooks: ev.WebhookSender | None = None
         self.hub = Hub()
         self.sfu = SFU(self.hub)
+        self.signaling: Signaling | None = None
         self.rtmp: RTMPServer | None = None
         self.ingress: RtmpIngress | None = None
         self._stopped = False
@@ -194,7 +197,7 @@ class App:
             token_leeway=s.token_leeway,
         )
         await self.calls.install_builtin_call_types()
-        self.ingress = RtmpIngress(self.calls, self.hub)
+        self.ingress = RtmpIngress(self.calls, self.hub, transcoding=self.sfu.transcoding)
         self.rtmp = RTMPServer(
             self.ingress,
             s.host,
@@ -222,9 +225,17 @@ class App:
                 queue_size=s.webhook_queue,
             )
             self.webhooks.start()
+        self.signaling = Signaling(self.calls, self.hub, self.sfu)
         self.api = self._build_api()
         config = uvicorn.Config(
-            self.api, log_config=None, lifespan="off", access_log=False, server_header=False
+            self.api,
+            log_config=None,
+            lifespan="off",
+            access_log=False,
+            server_header=False,
+            # Bounded WebSocket frames; messages over signaling's own (smaller) limit still get
+            # a clear JSON error from signaling.py rather than a bare close.
+            ws_max_size=WS_MAX_FRAME_BYTES,
         )
         self._http_server = uvicorn.Server(config)
         self._http_task = asyncio.create_task(
@@ -247,6 +258,8 @@ class App:
         install_error_handlers(api)
         api.include_router(build_router(self.calls))
         api.include_router(build_whep_router(self.sfu, self.calls.authorize_whep))
+        if self.signaling is not None:
+            api.include_router(build_signaling_router(self.signaling))
         self.registry.register(_LiveCollector(self))
         up = Gauge("ingest_up", "1 while the server runs", registry=self.registry)
         up.set(1)
@@ -266,6 +279,8 @@ class App:
         if self._stopped:
             return
         self._stopped = True
+        if self.signaling is not None:
+            await self.signaling.stop()
         await self.sfu.stop()
         if self.rtmp is not None:
             await self.rtmp.stop()

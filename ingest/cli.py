@@ -188,18 +188,26 @@ def call_create(
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def bench(seconds: float, as_json: bool) -> None:
-    """Measure this machine: RTMP parser throughput (more benchmarks arrive with the bridge)."""
+    """Measure this machine: RTMP parser throughput; the WebRTC bridge's CPU per stream and per
+    viewer, RTMP-to-RTP latency and time to first frame (1080p30, ffmpeg CLI needed; ~1 min)."""
     from .bench import run_all
 
-    results = run_all(seconds)
+    results = run_all(seconds, log=lambda m: click.echo(m, err=True))
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return
     width = max(len(r["name"]) for r in results)
-    click.echo(f"{'benchmark'.ljust(width)}  {'result':>14}  target")
+    units = max(len(r["unit"]) for r in results)
+    targets = max(len(r.get("target", "")) for r in results)
+    click.echo(
+        f"{'benchmark'.ljust(width)}  {'result':>{11 + units}}  {'target'.ljust(targets)}  meets"
+    )
     for r in results:
+        ok = r.get("ok")
+        verdict = "" if ok is None else ("yes" if ok else "NO")
         click.echo(
-            f"{r['name'].ljust(width)}  {r['value']:>10.1f} {r['unit']:<4}  {r.get('target', '')}"
+            f"{r['name'].ljust(width)}  {r['value']:>10.1f} {r['unit'].ljust(units)}"
+            f"  {r.get('target', '').ljust(targets)}  {verdict}"
         )
     sys.stdout.flush()
 

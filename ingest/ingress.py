@@ -61,6 +61,11 @@ class RtmpPublisher:
         snap = self.health.snapshot(time.monotonic())
         snap["transport"] = "rtmp"
         snap["peer"] = self.request.peer
+        if self.ingress.transcoding is not None:
+            p = self.participant
+            snap["webrtc"] = {
+                "video_transcoded": self.ingress.transcoding(p.call_cid, p.session_id)
+            }
         return snap
 
     # --- PublishSession ---------------------------------------------------------------------
@@ -166,9 +171,16 @@ class RtmpPublisher:
 class RtmpIngress:
     """The RTMP server's PublishHandler: decides who may publish and wires them into the call."""
 
-    def __init__(self, calls: CallService, hub: Hub) -> None:
+    def __init__(
+        self,
+        calls: CallService,
+        hub: Hub,
+        *,
+        transcoding: Callable[[str, str], bool] | None = None,
+    ) -> None:
         self.calls = calls
         self.hub = hub
+        self.transcoding = transcoding  # (call_cid, participant id) -> WebRTC re-encodes video
         self.active: dict[tuple[str, str], RtmpPublisher] = {}
         self._ends: OrderedDict[tuple[str, str], int] = OrderedDict()
 

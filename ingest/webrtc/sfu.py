@@ -102,6 +102,27 @@ class SFU:
         """The running bridge of a hub track, if it has viewers."""
         return self._bridges.get(track)
 
+    def acquire_bridge(self, source: Track) -> TrackBridge:
+        """The shared, running bridge of ``source``, held until :meth:`release_bridge`.
+
+        For other signaling front ends (``signaling.py``) that manage their own peer connections
+        but must share the one bridge (and transcoder) per track with WHEP viewers. Raises
+        :class:`~ingest.errors.MediaError` for media WebRTC cannot carry."""
+        return self._acquire(source)
+
+    async def release_bridge(self, bridge: TrackBridge) -> None:
+        """Give back a bridge of :meth:`acquire_bridge`; the last holder stops it."""
+        await self._release(bridge)
+
+    def transcoding(self, call_cid: str, participant_id: str) -> bool:
+        """Whether the participant's video is re-encoded for its viewers (B-frames removed).
+
+        ``False`` when it passes through untouched, and when nobody watches it (then nothing
+        is transcoded). For the participant's health."""
+        track = self.hub.track(call_cid, participant_id, Kind.VIDEO)
+        bridge = self._bridges.get(track) if track is not None else None
+        return bridge is not None and not bridge.ended and bridge.transcoding
+
     async def subscribe(
         self, offer_sdp: str, call_cid: str, participant_id: str
     ) -> tuple[str, str]:
@@ -132,7 +153,7 @@ class SFU:
                     continue
                 bridge = self._acquire(source)
                 session.bridges.append(bridge)
-                viewer = _viewer_track(bridge)
+                viewer = viewer_track(bridge)
                 session.tracks.append(viewer)
                 transceiver = session.pc.addTransceiver(viewer, direction="sendonly")
                 if kind is Kind.AUDIO:
@@ -278,7 +299,8 @@ def _parse_offer(offer_sdp: str) -> SessionDescription:
     return offer
 
 
-def _viewer_track(bridge: TrackBridge) -> HubPacketTrack:
+def viewer_track(bridge: TrackBridge) -> HubPacketTrack:
+    """A new viewer's own track on a bridge's output (bounded reader; video from the GOP)."""
     if isinstance(bridge, VideoBridge):
         reader = bridge.output.subscribe(
             max_queue=VIEWER_QUEUE_VIDEO, from_gop=True, name="webrtc-viewer-video"
@@ -290,6 +312,9 @@ def _viewer_track(bridge: TrackBridge) -> HubPacketTrack:
         max_queue=VIEWER_QUEUE_AUDIO, from_gop=False, name="webrtc-viewer-audio"
     )
     return OpusAudioTrack(reader)
+
+
+_viewer_track = viewer_track  # the name before signaling.py shared it
 
 
 def _negotiate_video(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from fractions import Fraction
-from typing import Any
+from typing import Any, ClassVar
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -32,6 +32,8 @@ AUDIO_TIME_BASE = Fraction(1, AUDIO_CLOCK_RATE)
 
 LiveEdge = Callable[[], int | None]
 """Returns the pts (ms) of the newest unit the viewer's source has, or ``None``."""
+RecvProbe = Callable[["HubPacketTrack", MediaUnit], None]
+"""Called with each unit just before :meth:`HubPacketTrack.recv` hands it to aiortc."""
 
 
 class HubPacketTrack(MediaStreamTrack):
@@ -43,6 +45,8 @@ class HubPacketTrack(MediaStreamTrack):
 
     clock_rate = 0
     time_base = Fraction(1)
+    probe: ClassVar[RecvProbe | None] = None
+    """A latency probe (``ingest bench``); ``None`` (one attribute test per packet) when off."""
 
     def __init__(self, reader: Reader) -> None:
         super().__init__()
@@ -65,7 +69,11 @@ class HubPacketTrack(MediaStreamTrack):
             ts = self._last_ts + 1  # RTP timestamps of successive frames must differ
         self._last_ts = ts
         self.packets += 1
-        return to_packet(unit, ts, self.time_base)
+        packet = to_packet(unit, ts, self.time_base)
+        probe = HubPacketTrack.probe
+        if probe is not None:
+            probe(self, unit)
+        return packet
 
     def stop(self) -> None:
         super().stop()
