@@ -151,3 +151,16 @@ def h264_answer_codecs(
 def opus_preferences() -> list[RTCRtpCodecCapability]:
     """Audio codec preferences: Opus only (we send Opus packets)."""
     return [c for c in get_capabilities("audio").codecs if c.mimeType.lower() == "audio/opus"]
+
+
+def without_mdns_candidates(sdp: str) -> str:
+    """The SDP without ``.local`` (mDNS) ICE candidates.
+
+    Browsers hide their host addresses behind mDNS names. aioice resolves them inside
+    ``setRemoteDescription`` and waits out a 1 s timeout per name wherever multicast does not
+    reach (servers, containers, the internet): every viewer would start a second late. ICE still
+    connects without them, through the peer-reflexive candidates the browser's own checks reveal.
+    """
+    lines = sdp.splitlines(keepends=True)
+    kept = [line for line in lines if not (line.startswith("a=candidate:") and ".local " in line)]
+    return "".join(kept)

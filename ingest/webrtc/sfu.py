@@ -37,7 +37,11 @@ from ingest.webrtc.bridge import (
     VideoBridge,
     bridge_for,
 )
-from ingest.webrtc.negotiation import h264_answer_codecs, opus_preferences
+from ingest.webrtc.negotiation import (
+    h264_answer_codecs,
+    opus_preferences,
+    without_mdns_candidates,
+)
 from ingest.webrtc.tracks import HubPacketTrack, OpusAudioTrack, PassthroughVideoTrack
 
 log = logging.getLogger("ingest.webrtc")
@@ -163,7 +167,7 @@ class SFU:
                 raise InputError("the offer has no audio or video section this participant sends")
             try:
                 await session.pc.setRemoteDescription(
-                    RTCSessionDescription(sdp=offer_sdp, type="offer")
+                    RTCSessionDescription(sdp=without_mdns_candidates(offer_sdp), type="offer")
                 )
             except (ValueError, AssertionError, InvalidAccessError, InvalidStateError) as exc:
                 raise InputError(f"cannot use this SDP offer: {exc}") from exc

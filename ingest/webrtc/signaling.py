@@ -77,7 +77,7 @@ from ingest.errors import (
 from ingest.media.hub import Hub, Track, Watch, WatchClosedError
 from ingest.media.units import Kind
 from ingest.webrtc.bridge import TrackBridge, VideoBridge
-from ingest.webrtc.negotiation import opus_preferences
+from ingest.webrtc.negotiation import opus_preferences, without_mdns_candidates
 from ingest.webrtc.sfu import MAX_OFFER_BYTES, SFU, viewer_track
 from ingest.webrtc.tracks import HubPacketTrack
 
@@ -715,7 +715,9 @@ class SignalingClient:
                 )
             try:
                 sdp, answered = answer_for_aiortc(msg.sdp, sub.offered_codecs)
-                await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+                await pc.setRemoteDescription(
+                    RTCSessionDescription(sdp=without_mdns_candidates(sdp), type="answer")
+                )
             except (
                 InputError,
                 ValueError,

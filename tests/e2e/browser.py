@@ -85,20 +85,6 @@ async def static_page(body: bytes, path: str = "/whep-player.html") -> AsyncIter
         await server.wait_closed()
 
 
-def forget_aioice_mdns() -> None:
-    """Drop aioice's per-thread mDNS resolver state, created under an earlier event loop.
-
-    Chromium hides its host addresses behind mDNS names (``<uuid>.local``); aiortc resolves them
-    through aioice, which keeps one ``asyncio.Lock`` per *thread* (``aioice.ice._mdns``, aioice
-    0.13). pytest-asyncio gives each test a new loop, so the second test to receive a ``.local``
-    candidate would fail in ``setRemoteDescription`` with "Lock ... is bound to a different event
-    loop" (a server with one loop for its whole life is not affected).
-    """
-    from aioice import ice
-
-    ice._mdns.__dict__.clear()
-
-
 @dataclass
 class Browser:
     context: BrowserContext
@@ -114,7 +100,6 @@ class Browser:
 @asynccontextmanager
 async def chromium() -> AsyncIterator[Browser]:
     """A headless Chromium with a fresh profile, and the player page served for it."""
-    forget_aioice_mdns()
     async with (
         static_page(PLAYER.read_bytes()) as player_url,
         async_playwright() as pw,

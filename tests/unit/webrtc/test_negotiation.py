@@ -88,3 +88,20 @@ def test_unparsable_stream_profile_falls_back() -> None:
 
 def test_opus_preferences() -> None:
     assert [c.mimeType for c in opus_preferences()] == ["audio/opus"]
+
+
+def test_mdns_candidates_are_dropped_and_others_kept() -> None:
+    from ingest.webrtc.negotiation import without_mdns_candidates
+
+    sdp = (
+        "v=0\r\n"
+        "a=candidate:1 1 udp 2122260223 3f1c2d4e-1111-2222-3333-4444.local 54321 typ host\r\n"
+        "a=candidate:2 1 udp 2122260223 192.0.2.7 54322 typ host\r\n"
+        "a=candidate:3 1 udp 1686052607 198.51.100.9 40000 typ srflx raddr 0.0.0.0 rport 0\r\n"
+        "a=end-of-candidates\r\n"
+    )
+    out = without_mdns_candidates(sdp)
+    assert ".local" not in out
+    assert "192.0.2.7 54322" in out
+    assert "198.51.100.9" in out
+    assert out.endswith("a=end-of-candidates\r\n")
