@@ -8,6 +8,7 @@ the SFU all come through this one service, so a rule is written once.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import re
 import secrets
@@ -100,8 +101,6 @@ def _custom(value: Any, what: str) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise InputError(f"{what} must be a JSON object")
-    import json
-
     if len(json.dumps(value)) > MAX_CUSTOM_BYTES:
         raise InputError(f"{what} is larger than {MAX_CUSTOM_BYTES} bytes")
     return value

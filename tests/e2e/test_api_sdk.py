@@ -240,3 +240,20 @@ async def test_members_query_hls_and_recording_intent(server: App) -> None:
     ]
     recordings = await call.list_recordings()
     assert recordings.data.recordings == []
+
+
+async def test_request_body_limit(server: App) -> None:
+    import httpx
+
+    from ingest.calls.api import MAX_BODY_BYTES
+    from ingest.calls.tokens import create_server_token
+
+    async with httpx.AsyncClient() as http:
+        resp = await http.post(
+            f"http://127.0.0.1:{server.http_port}/api/v2/users",
+            params={"api_key": API_KEY},
+            headers={"Authorization": create_server_token(API_SECRET)},
+            content=b"{" + b" " * MAX_BODY_BYTES + b"}",
+        )
+    assert resp.status_code == 400
+    assert f"larger than {MAX_BODY_BYTES} bytes" in resp.json()["message"]

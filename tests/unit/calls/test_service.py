@@ -175,3 +175,35 @@ async def test_bad_ids_are_explained(svc: CallService) -> None:
         await svc.update_members(
             SERVER, "livestream", "show", {"update_members": [{"user_id": "v", "role": "star"}]}
         )
+
+
+async def test_limits_of_ids_custom_data_and_member_batches(svc: CallService) -> None:
+    from ingest.calls import service as S
+    from ingest.errors import InputError
+
+    with pytest.raises(InputError, match=f"longer than {S.MAX_ID_LENGTH}"):
+        await svc.get_or_create_call(
+            SERVER, "livestream", "a" * (S.MAX_ID_LENGTH + 1), {"data": {"created_by_id": "host"}}
+        )
+    big = {"blob": "x" * S.MAX_CUSTOM_BYTES}
+    with pytest.raises(InputError, match=f"larger than {S.MAX_CUSTOM_BYTES} bytes"):
+        await svc.get_or_create_call(
+            SERVER, "livestream", "c1", {"data": {"created_by_id": "host", "custom": big}}
+        )
+    many = [{"user_id": f"u{i}"} for i in range(S.MAX_MEMBERS_PER_REQUEST + 1)]
+    with pytest.raises(InputError, match=f"at most {S.MAX_MEMBERS_PER_REQUEST} members"):
+        await svc.update_members(SERVER, "livestream", "show", {"update_members": many})
+    with pytest.raises(InputError, match=f"at most {S.MAX_CALL_TYPE_NAME}"):
+        await svc.save_call_type(SERVER, {"name": "t" * (S.MAX_CALL_TYPE_NAME + 1)}, create=True)
+
+
+async def test_reconnect_timeline_memory_is_bounded(svc: CallService) -> None:
+    from ingest.ingress import TIMELINE_MEMORY, RtmpIngress
+    from ingest.media.hub import Hub
+
+    ingress = RtmpIngress(svc, Hub())
+    for i in range(TIMELINE_MEMORY + 5):
+        ingress.remember_end(("livestream:show", f"u{i}"), i)
+    assert len(ingress._ends) == TIMELINE_MEMORY
+    assert ("livestream:show", "u0") not in ingress._ends
+    assert ingress._ends[("livestream:show", f"u{TIMELINE_MEMORY + 4}")] == TIMELINE_MEMORY + 4
