@@ -38,6 +38,7 @@ from ingest.media.codecs.opus import OPUS_CHANNELS, OPUS_SAMPLE_RATE, AacToOpus
 from ingest.media.codecs.transcode import BFrameRemover
 from ingest.media.hub import GOP_CACHE_MAX_UNITS, Reader, Track, TrackEndedError
 from ingest.media.units import AudioConfig, Kind, MediaUnit, VideoConfig
+from ingest.webrtc.packing import PayloadCache
 
 log = logging.getLogger("ingest.webrtc")
 
@@ -189,6 +190,8 @@ class VideoBridge(TrackBridge):
         if not isinstance(config, VideoConfig) or config.codec != "h264":
             raise MediaError(f"WebRTC viewers need H.264 video, {source!r} is {config.codec}")
         super().__init__(source, config)
+        self.payloads = PayloadCache()
+        """RTP payloads of the output units, cut once for every viewer (``packing``)."""
         self._factory = remover_factory or default_remover
         self._remover: BFrameRemover | None = None
         self._gop_pushed = 0  # units of the current source GOP already pushed (passthrough)

@@ -42,6 +42,7 @@ from ingest.webrtc.negotiation import (
     opus_preferences,
     without_mdns_candidates,
 )
+from ingest.webrtc.packing import install as install_packer
 from ingest.webrtc.tracks import HubPacketTrack, OpusAudioTrack, PassthroughVideoTrack
 
 log = logging.getLogger("ingest.webrtc")
@@ -157,9 +158,8 @@ class SFU:
                     continue
                 bridge = self._acquire(source)
                 session.bridges.append(bridge)
-                viewer = viewer_track(bridge)
+                viewer, transceiver = add_viewer_track(session.pc, bridge)
                 session.tracks.append(viewer)
-                transceiver = session.pc.addTransceiver(viewer, direction="sendonly")
                 if kind is Kind.AUDIO:
                     transceiver.setCodecPreferences(opus_preferences())
                 transceivers[kind] = transceiver
@@ -309,7 +309,9 @@ def viewer_track(bridge: TrackBridge) -> HubPacketTrack:
         reader = bridge.output.subscribe(
             max_queue=VIEWER_QUEUE_VIDEO, from_gop=True, name="webrtc-viewer-video"
         )
-        return PassthroughVideoTrack(reader, live_edge=lambda: bridge.last_pts)
+        return PassthroughVideoTrack(
+            reader, live_edge=lambda: bridge.last_pts, payloads=bridge.payloads
+        )
     assert isinstance(bridge, AudioBridge)
     # no audio backlog: the video backlog is stamped to the live edge, so audio starts live too
     reader = bridge.output.subscribe(
@@ -319,6 +321,18 @@ def viewer_track(bridge: TrackBridge) -> HubPacketTrack:
 
 
 _viewer_track = viewer_track  # the name before signaling.py shared it
+
+
+def add_viewer_track(
+    pc: RTCPeerConnection, bridge: TrackBridge
+) -> tuple[HubPacketTrack, RTCRtpTransceiver]:
+    """A new viewer track on ``bridge`` in a send-only transceiver of ``pc``, its sender set up
+    to pack our packets (:func:`~ingest.webrtc.packing.install`). Every viewer track goes
+    through here: aiortc's own H.264 encoder cannot pack them."""
+    track = viewer_track(bridge)
+    transceiver = pc.addTransceiver(track, direction="sendonly")
+    install_packer(transceiver.sender, track.packer())
+    return track, transceiver
 
 
 def _negotiate_video(

@@ -78,7 +78,7 @@ from ingest.media.hub import Hub, Track, Watch, WatchClosedError
 from ingest.media.units import Kind
 from ingest.webrtc.bridge import TrackBridge, VideoBridge
 from ingest.webrtc.negotiation import opus_preferences, without_mdns_candidates
-from ingest.webrtc.sfu import MAX_OFFER_BYTES, SFU, viewer_track
+from ingest.webrtc.sfu import MAX_OFFER_BYTES, SFU, add_viewer_track
 from ingest.webrtc.tracks import HubPacketTrack
 
 log = logging.getLogger("ingest.webrtc.signaling")
@@ -798,9 +798,8 @@ class SignalingClient:
                     continue
                 bridge = sfu.acquire_bridge(source)
                 sub.bridges.append(bridge)
-                track = viewer_track(bridge)
+                track, transceiver = add_viewer_track(pc, bridge)
                 sub.tracks.append(track)
-                transceiver = pc.addTransceiver(track, direction="sendonly")
                 transceiver.setCodecPreferences(
                     opus_preferences() if kind is Kind.AUDIO else h264_offer_preferences()
                 )

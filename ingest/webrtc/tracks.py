@@ -1,8 +1,11 @@
-"""aiortc tracks that send pre-encoded hub media: ``recv()`` returns :class:`av.Packet`.
+"""aiortc tracks that send pre-encoded hub media: ``recv()`` returns a packet, not a frame.
 
-aiortc's RTP sender packs an ``av.Packet`` with the negotiated codec's ``pack()`` (H.264: FU-A /
-STAP-A from the Annex B access unit; Opus: one packet per RTP packet) instead of encoding, and
-sets the RTP timestamp to ``random origin + pts x time_base x clock rate``. So the pts we give is
+aiortc's RTP sender packs a packet with its encoder's ``pack()`` instead of encoding, and sets
+the RTP timestamp to ``random origin + pts x time_base x clock rate``. Our packets are
+:class:`~ingest.webrtc.packing.UnitPacket` (the hub unit plus this viewer's pts, no copy of the
+data), packed by :meth:`HubPacketTrack.packer` (H.264: FU-A / STAP-A payloads cut once per unit
+for all viewers of a bridge; Opus: one packet per RTP packet), which
+:func:`~ingest.webrtc.packing.install` sets on the track's sender. So the pts we give is
 the RTP timeline: video at 90 kHz (ms x 90), audio at 48 kHz (ms x 48), both from the same
 participant timeline, which keeps audio and video in sync (receivers line them up with RTCP SR).
 
@@ -20,10 +23,12 @@ from fractions import Fraction
 from typing import Any, ClassVar
 
 import av
+from aiortc.codecs.base import Encoder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from ingest.media.hub import Reader, TrackEndedError
 from ingest.media.units import MediaUnit
+from ingest.webrtc.packing import H264Packer, OpusPacker, PayloadCache, UnitPacket
 
 VIDEO_CLOCK_RATE = 90_000
 VIDEO_TIME_BASE = Fraction(1, VIDEO_CLOCK_RATE)
@@ -37,7 +42,7 @@ RecvProbe = Callable[["HubPacketTrack", MediaUnit], None]
 
 
 class HubPacketTrack(MediaStreamTrack):
-    """Base: reads units from a hub :class:`Reader`, returns them as ``av.Packet``.
+    """Base: reads units from a hub :class:`Reader`, returns them as :class:`UnitPacket`.
 
     Stopping the track (aiortc does when the sender stops) closes the reader; the end of the hub
     track ends this track (:class:`MediaStreamError`, which stops aiortc's sender quietly).
@@ -55,7 +60,7 @@ class HubPacketTrack(MediaStreamTrack):
         """Packets returned by :meth:`recv`."""
         self._last_ts: int | None = None
 
-    async def recv(self) -> av.Packet[Any]:
+    async def recv(self) -> UnitPacket:  # type: ignore[override]
         """The next unit as a packet whose pts is in :attr:`time_base`."""
         if self.readyState != "live":
             raise MediaStreamError
@@ -69,7 +74,7 @@ class HubPacketTrack(MediaStreamTrack):
             ts = self._last_ts + 1  # RTP timestamps of successive frames must differ
         self._last_ts = ts
         self.packets += 1
-        packet = to_packet(unit, ts, self.time_base)
+        packet = UnitPacket(unit, ts, self.time_base)
         probe = HubPacketTrack.probe
         if probe is not None:
             probe(self, unit)
@@ -78,6 +83,10 @@ class HubPacketTrack(MediaStreamTrack):
     def stop(self) -> None:
         super().stop()
         self.reader.close()
+
+    def packer(self) -> Encoder:
+        """A new packer of this track's packets for its aiortc sender (see ``packing``)."""
+        raise NotImplementedError
 
     def _timestamp(self, unit: MediaUnit) -> int:
         return unit.pts * self.clock_rate // 1000
@@ -94,8 +103,16 @@ class PassthroughVideoTrack(HubPacketTrack):
     clock_rate = VIDEO_CLOCK_RATE
     time_base = VIDEO_TIME_BASE
 
-    def __init__(self, reader: Reader, *, live_edge: LiveEdge | None = None) -> None:
+    def __init__(
+        self,
+        reader: Reader,
+        *,
+        live_edge: LiveEdge | None = None,
+        payloads: PayloadCache | None = None,
+    ) -> None:
         super().__init__(reader)
+        self.payloads = payloads if payloads is not None else PayloadCache()
+        """H.264 payloads per unit, shared by every viewer of the same bridge output."""
         self._live_edge = live_edge
         self._catching_up = live_edge is not None
         self.caught_up_after = 0
@@ -113,6 +130,9 @@ class PassthroughVideoTrack(HubPacketTrack):
         self.caught_up_after += 1
         return live * VIDEO_CLOCK_RATE // 1000 - behind - 1
 
+    def packer(self) -> Encoder:
+        return H264Packer(self.payloads)
+
 
 class OpusAudioTrack(HubPacketTrack):
     """20 ms Opus packets (from the shared transcoder) at 48 kHz."""
@@ -121,9 +141,13 @@ class OpusAudioTrack(HubPacketTrack):
     clock_rate = AUDIO_CLOCK_RATE
     time_base = AUDIO_TIME_BASE
 
+    def packer(self) -> Encoder:
+        return OpusPacker()
+
 
 def to_packet(unit: MediaUnit, pts: int, time_base: Fraction) -> av.Packet[Any]:
-    """``unit.data`` as a packet with ``pts`` (and ``dts``) in ``time_base``."""
+    """``unit.data`` as an ``av.Packet`` with ``pts`` (and ``dts``) in ``time_base`` (for aiortc's
+    own encoders; our senders use :class:`UnitPacket`)."""
     packet = av.Packet(unit.data)
     packet.pts = pts
     packet.dts = pts

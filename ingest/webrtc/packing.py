@@ -1,0 +1,259 @@
+"""RTP packing done once per unit for every viewer, and the one place that reaches into aiortc.
+
+aiortc's :class:`~aiortc.RTCRtpSender`, given pre-encoded packets, calls its codec's
+``Encoder.pack(packet)`` for every viewer: for H.264 that splits the Annex B access unit and cuts
+it into FU-A / STAP-A payloads, ~20 per 1080p frame, identical for every viewer of the unit. Then
+it builds, serialises (with header extensions), SRTP-protects and sends each RTP packet.
+
+Here:
+
+* :class:`UnitPacket` is what our tracks' ``recv()`` returns instead of an ``av.Packet``: the hub
+  unit and the viewer's own RTP timestamp (``pts`` in ``time_base``, ``bytes()`` like a packet),
+  without copying the data into a new ``av.Packet`` per viewer.
+* :class:`H264Packer` / :class:`OpusPacker` replace aiortc's codec encoders on our senders. The
+  H.264 payloads of a unit come from a :class:`PayloadCache` shared by every viewer of a bridge
+  (aiortc's own packetizer, run once per unit); the RTP timestamp stays per viewer.
+* :class:`HeaderExtensionsWriter` replaces the sender's header-extension map with one that writes
+  the extensions our senders use (``mid``, ``abs-send-time``) byte for byte like aiortc's, without
+  building lists and structs per packet; anything else goes to aiortc's own code.
+
+NACK / RTX are untouched: aiortc still builds its own ``RtpPacket`` per viewer and keeps it in its
+retransmission history.
+
+**Private aiortc internals** (aiortc 1.16): :func:`install` sets the name-mangled
+``RTCRtpSender.__encoder`` (created lazily with ``get_encoder(codec)`` only while it is ``None``,
+so a pre-set packer is used for every packet) and ``RTCRtpSender.__rtp_header_extensions_map``
+(configured in ``send()``, used by ``_run_rtp`` and ``_retransmit``). :func:`check_aiortc` runs at
+import and verifies that aiortc's sender still uses those names the way we rely on; if aiortc
+changes them, importing this module (so starting the server) fails with :class:`AiortcChanged`
+instead of silently sending with aiortc's own encoder.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from fractions import Fraction
+from typing import Any
+
+from aiortc.codecs.base import Encoder
+from aiortc.codecs.h264 import H264Encoder
+from aiortc.rtcrtpparameters import RTCRtpParameters
+from aiortc.rtcrtpsender import RTCRtpSender
+from aiortc.rtp import HeaderExtensions, HeaderExtensionsMap
+
+from ingest.media.units import MediaUnit
+
+PAYLOAD_CACHE_UNITS = 90
+"""H.264 units whose payloads a :class:`PayloadCache` keeps (3 s at 30 fps): every live viewer
+packs the newest unit within milliseconds of the others; a joiner's GOP backlog mostly hits too."""
+
+_ENCODER_ATTR = "_RTCRtpSender__encoder"
+_EXTENSIONS_ATTR = "_RTCRtpSender__rtp_header_extensions_map"
+
+_MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+_ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+
+
+class AiortcChanged(RuntimeError):
+    """aiortc's sender no longer has the internals :func:`install` relies on."""
+
+
+class UnitPacket:
+    """One viewer's view of a hub unit for aiortc: quacks like the ``av.Packet`` aiortc reads
+    (``pts``, ``dts``, ``time_base``, ``bytes()``) and keeps the unit itself for the packers."""
+
+    __slots__ = ("dts", "pts", "time_base", "unit")
+
+    def __init__(self, unit: MediaUnit, pts: int, time_base: Fraction) -> None:
+        self.unit = unit
+        self.pts = pts
+        self.dts = pts
+        self.time_base = time_base
+
+    def __bytes__(self) -> bytes:
+        return self.unit.data
+
+    def __repr__(self) -> str:
+        return f"<UnitPacket pts={self.pts} {len(self.unit.data)} bytes>"
+
+
+def packetize_h264(data: bytes) -> list[bytes]:
+    """An Annex B access unit as RTP payloads (FU-A / STAP-A / single NAL), by aiortc's own
+    packetizer: exactly what ``H264Encoder.pack`` would send."""
+    return H264Encoder._packetize(H264Encoder._split_bitstream(data))
+
+
+class PayloadCache:
+    """H.264 payloads of the most recent units, shared by every viewer of one bridge.
+
+    Keyed by the unit's identity; the entry keeps the unit alive, so its ``id`` is not reused
+    while cached. Bounded (least recently packed first out); single event loop, no locking."""
+
+    def __init__(self, max_units: int = PAYLOAD_CACHE_UNITS) -> None:
+        self.max_units = max_units
+        self._entries: OrderedDict[int, tuple[MediaUnit, list[bytes]]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def payloads(self, unit: MediaUnit) -> list[bytes]:
+        """The unit's payloads (the same list for every caller: do not modify it)."""
+        key = id(unit)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] is unit:
+            self.hits += 1
+            return entry[1]
+        self.misses += 1
+        payloads = packetize_h264(unit.data)
+        entries = self._entries
+        entries[key] = (unit, payloads)
+        if len(entries) > self.max_units:
+            entries.popitem(last=False)
+        return payloads
+
+
+class _UnitPacker(Encoder):
+    """Base of our pre-encoded "encoders": ``pack`` only, timestamps in :attr:`time_base`."""
+
+    time_base: Fraction
+
+    def encode(self, frame: Any, force_keyframe: bool = False) -> tuple[list[bytes], int]:
+        raise TypeError(f"{type(self).__name__} packs hub units, it does not encode frames")
+
+    def pack(self, packet: Any) -> tuple[list[bytes], int]:
+        if type(packet) is not UnitPacket:
+            raise TypeError(f"{type(self).__name__} packs UnitPackets, not {type(packet)}")
+        pts: int = packet.pts
+        if packet.time_base is not self.time_base and packet.time_base != self.time_base:
+            pts = int(pts * packet.time_base / self.time_base)
+        return self._payloads(packet.unit), pts
+
+    def _payloads(self, unit: MediaUnit) -> list[bytes]:
+        raise NotImplementedError
+
+
+class H264Packer(_UnitPacker):
+    """H.264 at 90 kHz, payloads from the bridge's shared :class:`PayloadCache`."""
+
+    time_base = Fraction(1, 90_000)
+
+    def __init__(self, cache: PayloadCache) -> None:
+        self.cache = cache
+
+    def _payloads(self, unit: MediaUnit) -> list[bytes]:
+        return self.cache.payloads(unit)
+
+
+class OpusPacker(_UnitPacker):
+    """Opus at 48 kHz: one packet per RTP payload (like aiortc's ``OpusEncoder.pack``)."""
+
+    time_base = Fraction(1, 48_000)
+
+    def _payloads(self, unit: MediaUnit) -> list[bytes]:
+        return [unit.data]
+
+
+class HeaderExtensionsWriter(HeaderExtensionsMap):
+    """aiortc's header-extension map, with a fast ``set`` for what our senders write.
+
+    aiortc's sender sets ``mid`` and ``abs_send_time`` on every packet (``audio_level`` only when
+    it encodes audio itself, never for pre-encoded media). When only those two are set, their ids
+    fit the one-byte form (RFC 8285) and the values are in range, the extension block is
+    assembled here (the ``mid`` part once per mid); it is byte-identical to aiortc's. Any other
+    case is aiortc's own ``set``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._mid_id = 0
+        self._abs_id = 0
+        self._mid: str | None = None
+        self._mid_part = b""
+        self._fast = True
+
+    def configure(self, parameters: RTCRtpParameters) -> None:
+        super().configure(parameters)
+        for ext in parameters.headerExtensions:
+            if ext.uri == _MID_URI:
+                self._mid_id = ext.id
+            elif ext.uri == _ABS_SEND_TIME_URI:
+                self._abs_id = ext.id
+        self._fast = 0 <= self._mid_id <= 14 and 0 <= self._abs_id <= 14
+        self._mid = None
+
+    def set(self, values: HeaderExtensions) -> tuple[int, bytes]:
+        if (
+            not self._fast
+            or values.audio_level is not None
+            or values.rtp_stream_id is not None
+            or values.repaired_rtp_stream_id is not None
+            or values.transmission_offset is not None
+            or values.transport_sequence_number is not None
+        ):
+            return super().set(values)
+        mid = values.mid
+        if mid is not None and self._mid_id:
+            if mid != self._mid:
+                encoded = mid.encode("utf8")
+                if not 0 < len(encoded) <= 16:
+                    return super().set(values)
+                self._mid = mid
+                self._mid_part = bytes([(self._mid_id << 4) | (len(encoded) - 1)]) + encoded
+            value = self._mid_part
+        else:
+            value = b""
+        abs_send_time = values.abs_send_time
+        if abs_send_time is not None and self._abs_id:
+            if abs_send_time >> 24:  # out of 24 bits (or negative): aiortc's struct decides
+                return super().set(values)
+            value += ((self._abs_id << 28) | (2 << 24) | abs_send_time).to_bytes(4, "big")
+        if not value:
+            return 0, b""
+        return 0xBEDE, value + b"\x00" * (-len(value) % 4)
+
+
+def check_aiortc() -> None:
+    """Raise :class:`AiortcChanged` unless aiortc's sender uses the internals we set."""
+    problems = []
+    init_names = RTCRtpSender.__init__.__code__.co_names
+    for attr in (_ENCODER_ATTR, _EXTENSIONS_ATTR):
+        if attr not in init_names:
+            problems.append(f"RTCRtpSender.__init__ no longer sets {attr}")
+    next_frame = getattr(RTCRtpSender, "_next_encoded_frame", None)
+    if next_frame is None or not {_ENCODER_ATTR, "pack"} <= set(next_frame.__code__.co_names):
+        problems.append("RTCRtpSender._next_encoded_frame no longer calls self.__encoder.pack()")
+    run_rtp = getattr(RTCRtpSender, "_run_rtp", None)
+    if run_rtp is None or not {_EXTENSIONS_ATTR, "serialize"} <= set(run_rtp.__code__.co_names):
+        problems.append("RTCRtpSender._run_rtp no longer serialises with its extensions map")
+    for name in ("_packetize", "_split_bitstream"):
+        if not callable(getattr(H264Encoder, name, None)):
+            problems.append(f"aiortc's H264Encoder has no {name}()")
+    if problems:
+        raise AiortcChanged(
+            "this aiortc version's RTP sender does not match ingest.webrtc.packing (written for "
+            "aiortc 1.16): " + "; ".join(problems)
+        )
+
+
+def install(sender: RTCRtpSender, packer: Encoder) -> None:
+    """Make a new (not yet started) sender pack with ``packer`` and write header extensions
+    with a :class:`HeaderExtensionsWriter`. Call it right after ``addTransceiver``."""
+    attrs = vars(sender)
+    if _ENCODER_ATTR not in attrs or _EXTENSIONS_ATTR not in attrs:
+        raise AiortcChanged(f"{sender!r} lacks {_ENCODER_ATTR} / {_EXTENSIONS_ATTR}")
+    if attrs[_ENCODER_ATTR] is not None:
+        raise RuntimeError(f"{sender!r} already has an encoder (install before it starts)")
+    if not isinstance(attrs[_EXTENSIONS_ATTR], HeaderExtensionsMap):
+        raise AiortcChanged(f"{sender!r}'s {_EXTENSIONS_ATTR} is not a HeaderExtensionsMap")
+    setattr(sender, _ENCODER_ATTR, packer)
+    setattr(sender, _EXTENSIONS_ATTR, HeaderExtensionsWriter())
+
+
+def installed_packer(sender: RTCRtpSender) -> Encoder | None:
+    """The packer a sender uses (for tests and checks)."""
+    packer: Encoder | None = vars(sender).get(_ENCODER_ATTR)
+    return packer
+
+
+check_aiortc()
