@@ -12,6 +12,9 @@ import av
 
 from ingest.media.codecs import h264
 
+MEDIA_DIR = Path("/tmp/ingest-test-media")
+"""Generated test media, cached across tests and runs (made once per distinct file name)."""
+
 
 def make_flv(
     path: Path,
@@ -23,24 +26,35 @@ def make_flv(
     bframes: int = 0,
     profile: str = "high",
     tone: int = 440,
+    video_filter: str = "",
+    audio: str | None = None,
+    level: str | None = None,
+    tune: str | None = None,
 ) -> Path:
-    """An H.264 + AAC FLV file of a test pattern and a sine tone."""
+    """An H.264 + AAC FLV file of a test pattern and a sine tone (cached: made once per path).
+
+    ``video_filter`` is appended to the ``testsrc2`` source; ``audio`` replaces the sine source.
+    """
     if path.exists():
         return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    video = f"testsrc2=size={size}:rate={fps}" + (f",{video_filter}" if video_filter else "")
     cmd = [
         "ffmpeg", "-v", "error", "-y",
-        "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={fps}",
-        "-f", "lavfi", "-i", f"sine=frequency={tone}:sample_rate=44100",
+        "-f", "lavfi", "-i", video,
+        "-f", "lavfi", "-i", audio or f"sine=frequency={tone}:sample_rate=44100",
         "-t", str(seconds),
         # ultrafast turns off 8x8 transforms and CABAC, which would make "high" come out Main.
         "-c:v", "libx264", "-preset", "ultrafast" if profile == "baseline" else "superfast",
-        "-profile:v", profile,
+        "-profile:v", profile, *(["-level:v", level] if level else []),
+        *(["-tune", tune] if tune else []),
         "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0", "-bf", str(bframes),
         "-pix_fmt", "yuv420p",
         "-c:a", "aac", "-b:a", "96k",
-        str(path),
     ]  # fmt: skip
-    subprocess.run(cmd, check=True, timeout=120)
+    tmp = path.with_suffix(".tmp.flv")  # a crashed run never leaves a half-written cache entry
+    subprocess.run([*cmd, str(tmp)], check=True, timeout=120)
+    tmp.rename(path)
     return path
 
 

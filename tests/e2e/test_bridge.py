@@ -13,7 +13,6 @@ import itertools
 import os
 import signal
 import statistics
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from ingest.calls.tokens import create_token
 from ingest.media.hub import TrackAdded
 from ingest.media.units import Kind
 from tests.conftest import API_KEY, API_SECRET
-from tests.e2e.media import finish, push
+from tests.e2e.media import MEDIA_DIR, finish, make_flv, push
 from tests.e2e.webrtc_viewer import (
     VideoFrameInfo,
     Viewer,
@@ -43,7 +42,6 @@ from tests.unit.webrtc.synth import chrome_like_h264
 
 pytestmark = pytest.mark.e2e
 
-MEDIA_DIR = Path("/tmp/ingest-test-media")
 TIMEOUT = 15.0
 CID = "livestream:show"
 FPS = 30
@@ -64,27 +62,21 @@ def sync_flv(
     same 100 ms (sample accurate, ``aevalsrc``), silence otherwise. ``audio_delay`` shifts the
     audio content later (to check that the sync measurement sees it).
     """
-    MEDIA_DIR.mkdir(exist_ok=True)
-    path = MEDIA_DIR / f"sync-{size}-bf{bframes}-{seconds}s-d{int(audio_delay * 1000)}.flv"
-    if path.exists():
-        return path
     flash = "drawbox=x=0:y=0:w=iw:h=ih:color=white:t=fill:enable='lt(mod(t\\,1)\\,0.1)'"
     tone = (
         f"if(lt(mod(t-{audio_delay}\\,1)\\,0.1)*gte(t\\,{audio_delay})\\,0.8*sin(2*PI*440*t)\\,0)"
     )
-    tmp = path.with_suffix(".tmp.flv")
-    cmd = [
-        "ffmpeg", "-v", "error", "-y",
-        "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={FPS},{flash}",
-        "-f", "lavfi", "-i", f"aevalsrc='{tone}':s=48000",
-        "-t", str(seconds),
-        "-c:v", "libx264", "-preset", "superfast", "-tune", "zerolatency", "-profile:v", "high",
-        "-bf", str(bframes), "-g", str(FPS), "-keyint_min", str(FPS), "-sc_threshold", "0",
-        "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k", str(tmp),
-    ]  # fmt: skip
-    subprocess.run(cmd, check=True, timeout=120)
-    tmp.rename(path)
-    return path
+    return make_flv(
+        MEDIA_DIR / f"sync-{size}-bf{bframes}-{seconds}s-d{int(audio_delay * 1000)}.flv",
+        seconds=seconds,
+        size=size,
+        fps=FPS,
+        gop=FPS,
+        bframes=bframes,
+        video_filter=flash,
+        audio=f"aevalsrc='{tone}':s=48000",
+        tune="zerolatency",
+    )
 
 
 # -- the call -------------------------------------------------------------------------------

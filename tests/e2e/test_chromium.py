@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import statistics
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -37,11 +36,10 @@ from ingest.media.hub import TrackAdded
 from ingest.media.units import Kind, VideoConfig
 from tests.conftest import API_KEY, API_SECRET
 from tests.e2e.browser import chromium, fmtp, offered_h264, picture, play, stats
-from tests.e2e.media import finish, push
+from tests.e2e.media import MEDIA_DIR, finish, make_flv, push
 
 pytestmark = pytest.mark.e2e
 
-MEDIA_DIR = Path("/tmp/ingest-test-media")
 CALL_TYPE, CALL_ID = "livestream", "chromium"
 CID = f"{CALL_TYPE}:{CALL_ID}"
 FPS = 30
@@ -51,24 +49,16 @@ TIMEOUT_MS = 20_000
 
 def obs_like_flv(width: int, height: int, *, bframes: int = 0, seconds: int = 3) -> Path:
     """H.264 High level 4.0 (``640028``, OBS's default), 1 s GOP, and a 48 kHz AAC tone."""
-    MEDIA_DIR.mkdir(exist_ok=True)
-    path = MEDIA_DIR / f"chromium-{width}x{height}-bf{bframes}-{seconds}s.flv"
-    if path.exists():
-        return path
-    tmp = path.with_suffix(".tmp.flv")
-    cmd = [
-        "ffmpeg", "-v", "error", "-y",
-        "-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate={FPS}",
-        "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
-        "-t", str(seconds),
-        # superfast keeps CABAC and 8x8 transforms: the stream really is High
-        "-c:v", "libx264", "-preset", "superfast", "-profile:v", "high", "-level:v", "4.0",
-        "-bf", str(bframes), "-g", str(FPS), "-keyint_min", str(FPS), "-sc_threshold", "0",
-        "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "96k", str(tmp),
-    ]  # fmt: skip
-    subprocess.run(cmd, check=True, timeout=120)
-    tmp.rename(path)
-    return path
+    return make_flv(
+        MEDIA_DIR / f"chromium-{width}x{height}-bf{bframes}-{seconds}s.flv",
+        seconds=seconds,
+        size=f"{width}x{height}",
+        fps=FPS,
+        gop=FPS,
+        bframes=bframes,
+        level="4.0",
+        audio="sine=frequency=440:sample_rate=48000",
+    )
 
 
 @dataclass

@@ -22,11 +22,9 @@ from ingest.calls.tokens import create_token
 from ingest.media.hub import TrackAdded, TrackEndedError
 from ingest.media.units import Kind, MediaUnit
 from tests.conftest import API_KEY, API_SECRET
-from tests.e2e.media import expected_from_file, finish, got_from_unit, make_flv, push
+from tests.e2e.media import MEDIA_DIR, expected_from_file, finish, got_from_unit, make_flv, push
 
 pytestmark = pytest.mark.e2e
-
-MEDIA_DIR = Path("/tmp/ingest-test-media")
 
 
 @pytest.fixture(scope="session")

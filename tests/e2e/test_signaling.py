@@ -26,13 +26,12 @@ from ingest.calls.service import SERVER
 from ingest.calls.tokens import create_token
 from ingest.webrtc import signaling as sig
 from tests.conftest import API_KEY, API_SECRET
-from tests.e2e.media import make_flv, push
+from tests.e2e.media import MEDIA_DIR, make_flv, push
 from tests.unit.webrtc.synth import chrome_like_h264
 
 pytestmark = pytest.mark.e2e
 
 TIMEOUT = 20.0
-MEDIA_DIR = Path("/tmp/ingest-test-media")
 CALL_TYPE, CALL_ID = "livestream", "show"
 HOSTS = ("alice", "bob", "carol")
 
