@@ -399,28 +399,10 @@ def _no_decoder(codec: Any) -> Any:
 def _chrome_like_h264() -> None:
     """Offer H.264 High like Chrome (aiortc alone offers Constrained Baseline only)."""
     from aiortc.codecs import CODECS
-    from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpCodecParameters
 
-    feedback = [
-        RTCRtcpFeedback(type="nack"),
-        RTCRtcpFeedback(type="nack", parameter="pli"),
-        RTCRtcpFeedback(type="goog-remb"),
-    ]
-    high = RTCRtpCodecParameters(
-        mimeType="video/H264",
-        clockRate=90000,
-        payloadType=103,
-        rtcpFeedback=feedback,
-        parameters={
-            "level-asymmetry-allowed": "1",
-            "packetization-mode": "1",
-            "profile-level-id": "640028",
-        },
-    )
-    rtx = RTCRtpCodecParameters(
-        mimeType="video/rtx", clockRate=90000, payloadType=104, parameters={"apt": 103}
-    )
-    CODECS["video"] = [high, rtx, *CODECS["video"]]
+    from ingest.webrtc.negotiation import high_profile_viewer_codecs
+
+    CODECS["video"] = [*high_profile_viewer_codecs("640028"), *CODECS["video"]]
 
 
 class _ViewerProcess:

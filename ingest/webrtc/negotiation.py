@@ -164,3 +164,34 @@ def without_mdns_candidates(sdp: str) -> str:
     lines = sdp.splitlines(keepends=True)
     kept = [line for line in lines if not (line.startswith("a=candidate:") and ".local " in line)]
     return "".join(kept)
+
+
+def high_profile_viewer_codecs(profile_level_id: str) -> list[RTCRtpCodecParameters]:
+    """H.264 High (+ its RTX) as Chrome offers it when it can decode High in hardware.
+
+    aiortc alone offers Constrained Baseline only; an aiortc peer playing the *viewer* (the
+    bench, the tests) puts these in front of ``aiortc.codecs.CODECS["video"]`` to behave like
+    such a Chrome. The SFU never touches that table.
+    """
+    from aiortc.rtcrtpparameters import RTCRtcpFeedback
+
+    feedback = [
+        RTCRtcpFeedback(type="nack"),
+        RTCRtcpFeedback(type="nack", parameter="pli"),
+        RTCRtcpFeedback(type="goog-remb"),
+    ]
+    high = RTCRtpCodecParameters(
+        mimeType="video/H264",
+        clockRate=90000,
+        payloadType=103,
+        rtcpFeedback=feedback,
+        parameters={
+            "level-asymmetry-allowed": "1",
+            "packetization-mode": "1",
+            "profile-level-id": profile_level_id,
+        },
+    )
+    rtx = RTCRtpCodecParameters(
+        mimeType="video/rtx", clockRate=90000, payloadType=104, parameters={"apt": 103}
+    )
+    return [high, rtx]

@@ -22,7 +22,6 @@ import av
 import numpy as np
 import pytest
 from aiortc.codecs import CODECS
-from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpCodecParameters
 
 from ingest.media.codecs.h264 import (
     parameter_sets,
@@ -31,6 +30,7 @@ from ingest.media.codecs.h264 import (
 )
 from ingest.media.hub import Hub, Track
 from ingest.media.units import AudioConfig, Kind, MediaUnit, VideoConfig
+from ingest.webrtc.negotiation import high_profile_viewer_codecs
 
 MS = Fraction(1, 1000)
 CALL_CID = "livestream:show"
@@ -202,24 +202,6 @@ class Publisher:
 def chrome_like_h264(monkeypatch: pytest.MonkeyPatch) -> None:
     """Let this process's aiortc offer/accept H.264 High (``64001f``) like Chrome, for the
     test's duration. Only the *viewer* needs it; the SFU does not touch aiortc's table."""
-    feedback = [
-        RTCRtcpFeedback(type="nack"),
-        RTCRtcpFeedback(type="nack", parameter="pli"),
-        RTCRtcpFeedback(type="goog-remb"),
-    ]
-    high = RTCRtpCodecParameters(
-        mimeType="video/H264",
-        clockRate=90000,
-        payloadType=103,
-        rtcpFeedback=feedback,
-        parameters={
-            "level-asymmetry-allowed": "1",
-            "packetization-mode": "1",
-            "profile-level-id": "64001f",
-        },
-    )
-    rtx = RTCRtpCodecParameters(
-        mimeType="video/rtx", clockRate=90000, payloadType=104, parameters={"apt": 103}
-    )
     # High first, as Chrome orders it when it can decode it in hardware
-    monkeypatch.setitem(CODECS, "video", [high, rtx, *CODECS["video"]])
+    codecs = [*high_profile_viewer_codecs("64001f"), *CODECS["video"]]
+    monkeypatch.setitem(CODECS, "video", codecs)
