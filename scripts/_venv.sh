@@ -22,6 +22,9 @@ as_root() {
 ensure_venv() {
   local extras="$1"
   need_python
+  # scripts/serve and scripts/test may start together: one installs into .venv at a time.
+  exec 9>"$ROOT/.venv.lock"
+  flock 9
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
   local stamp="$VENV/.installed-$extras"
   if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
@@ -33,4 +36,5 @@ ensure_venv() {
     fi
     touch "$stamp"
   fi
+  flock -u 9
 }
