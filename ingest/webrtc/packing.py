@@ -1,4 +1,4 @@
-"""RTP packing done once per unit for every viewer, and the one place that reaches into aiortc.
+"""RTP packing done once per unit for every viewer, and where our senders are set up.
 
 aiortc's :class:`~aiortc.RTCRtpSender`, given pre-encoded packets, calls its codec's
 ``Encoder.pack(packet)`` for every viewer: for H.264 that splits the Annex B access unit and cuts
@@ -17,16 +17,15 @@ Here:
   the extensions our senders use (``mid``, ``abs-send-time``) byte for byte like aiortc's, without
   building lists and structs per packet; anything else goes to aiortc's own code.
 
-NACK / RTX are untouched: aiortc still builds its own ``RtpPacket`` per viewer and keeps it in its
-retransmission history.
+* :func:`install` also switches the sender to :class:`~ingest.webrtc.sending.LeanRtpSender`,
+  our RTP send loop (the per-packet work that remains per viewer: header, SRTP, ``sendto``).
 
 **Private aiortc internals** (aiortc 1.16): :func:`install` sets the name-mangled
-``RTCRtpSender.__encoder`` (created lazily with ``get_encoder(codec)`` only while it is ``None``,
-so a pre-set packer is used for every packet) and ``RTCRtpSender.__rtp_header_extensions_map``
-(configured in ``send()``, used by ``_run_rtp`` and ``_retransmit``). :func:`check_aiortc` runs at
-import and verifies that aiortc's sender still uses those names the way we rely on; if aiortc
-changes them, importing this module (so starting the server) fails with :class:`AiortcChanged`
-instead of silently sending with aiortc's own encoder.
+``RTCRtpSender.__encoder`` (the packer our loop calls) and
+``RTCRtpSender.__rtp_header_extensions_map`` (configured in ``send()``). :func:`check_aiortc`
+runs at import and verifies that aiortc's sender still has those names (``sending`` checks what
+its loop uses); if aiortc changes them, importing this module (so starting the server) fails
+with :class:`AiortcChanged` instead of sending with aiortc's own encoder.
 """
 
 from __future__ import annotations
@@ -42,6 +41,7 @@ from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtp import HeaderExtensions, HeaderExtensionsMap
 
 from ingest.media.units import MediaUnit
+from ingest.webrtc.sending import AiortcChanged, LeanRtpSender
 
 PAYLOAD_CACHE_UNITS = 90
 """H.264 units whose payloads a :class:`PayloadCache` keeps (3 s at 30 fps): every live viewer
@@ -52,10 +52,6 @@ _EXTENSIONS_ATTR = "_RTCRtpSender__rtp_header_extensions_map"
 
 _MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 _ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
-
-
-class AiortcChanged(RuntimeError):
-    """aiortc's sender no longer has the internals :func:`install` relies on."""
 
 
 class UnitPacket:
@@ -220,12 +216,6 @@ def check_aiortc() -> None:
     for attr in (_ENCODER_ATTR, _EXTENSIONS_ATTR):
         if attr not in init_names:
             problems.append(f"RTCRtpSender.__init__ no longer sets {attr}")
-    next_frame = getattr(RTCRtpSender, "_next_encoded_frame", None)
-    if next_frame is None or not {_ENCODER_ATTR, "pack"} <= set(next_frame.__code__.co_names):
-        problems.append("RTCRtpSender._next_encoded_frame no longer calls self.__encoder.pack()")
-    run_rtp = getattr(RTCRtpSender, "_run_rtp", None)
-    if run_rtp is None or not {_EXTENSIONS_ATTR, "serialize"} <= set(run_rtp.__code__.co_names):
-        problems.append("RTCRtpSender._run_rtp no longer serialises with its extensions map")
     for name in ("_packetize", "_split_bitstream"):
         if not callable(getattr(H264Encoder, name, None)):
             problems.append(f"aiortc's H264Encoder has no {name}()")
@@ -237,8 +227,13 @@ def check_aiortc() -> None:
 
 
 def install(sender: RTCRtpSender, packer: Encoder) -> None:
-    """Make a new (not yet started) sender pack with ``packer`` and write header extensions
-    with a :class:`HeaderExtensionsWriter`. Call it right after ``addTransceiver``."""
+    """Make a new (not yet started) sender pack with ``packer``, write header extensions with a
+    :class:`HeaderExtensionsWriter` and send with our RTP loop
+    (:class:`~ingest.webrtc.sending.LeanRtpSender`). Call it right after ``addTransceiver``."""
+    if type(sender) is LeanRtpSender:
+        raise RuntimeError(f"{sender!r} already has an encoder (install once, before it starts)")
+    if type(sender) is not RTCRtpSender:
+        raise AiortcChanged(f"{sender!r} is a {type(sender)}, not aiortc's RTCRtpSender")
     attrs = vars(sender)
     if _ENCODER_ATTR not in attrs or _EXTENSIONS_ATTR not in attrs:
         raise AiortcChanged(f"{sender!r} lacks {_ENCODER_ATTR} / {_EXTENSIONS_ATTR}")
@@ -248,6 +243,7 @@ def install(sender: RTCRtpSender, packer: Encoder) -> None:
         raise AiortcChanged(f"{sender!r}'s {_EXTENSIONS_ATTR} is not a HeaderExtensionsMap")
     setattr(sender, _ENCODER_ATTR, packer)
     setattr(sender, _EXTENSIONS_ATTR, HeaderExtensionsWriter())
+    sender.__class__ = LeanRtpSender  # our RTP loop (see ingest.webrtc.sending)
 
 
 def installed_packer(sender: RTCRtpSender) -> Encoder | None:

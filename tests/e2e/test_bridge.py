@@ -21,7 +21,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtp import RtpPacket
 from getstream import AsyncStream
 from getstream.models import CallRequest, MemberRequest, UserRequest
@@ -30,6 +29,7 @@ from ingest.app import App
 from ingest.calls.tokens import create_token
 from ingest.media.hub import TrackAdded
 from ingest.media.units import Kind
+from ingest.webrtc.sending import LeanRtpSender
 from tests.conftest import API_KEY, API_SECRET
 from tests.e2e.media import MEDIA_DIR, finish, make_flv, push
 from tests.e2e.webrtc_viewer import (
@@ -363,13 +363,13 @@ async def test_lost_video_packets_are_retransmitted_after_nack(
     """The viewer drops the first transmission of every 25th video packet: its NACKs make the
     server's RTP sender retransmit them (RTX), and the frames they belong to still decode."""
     asked: list[int] = []
-    retransmit = RTCRtpSender._retransmit
+    retransmit = LeanRtpSender._retransmit  # our senders' (ingest.webrtc.sending)
 
-    async def counting(self: RTCRtpSender, sequence_number: int) -> None:
+    async def counting(self: LeanRtpSender, sequence_number: int) -> None:
         asked.append(sequence_number)
         await retransmit(self, sequence_number)
 
-    monkeypatch.setattr(RTCRtpSender, "_retransmit", counting)
+    monkeypatch.setattr(LeanRtpSender, "_retransmit", counting)
     seen = 0
     lost: dict[int, int] = {}  # seq -> RTP timestamp
 

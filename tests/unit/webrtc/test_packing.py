@@ -45,6 +45,7 @@ from ingest.webrtc.packing import (
     installed_packer,
     packetize_h264,
 )
+from ingest.webrtc.sending import LeanRtpSender
 from ingest.webrtc.sfu import add_viewer_track
 from ingest.webrtc.tracks import (
     AUDIO_TIME_BASE,
@@ -80,11 +81,17 @@ def test_aiortc_still_has_what_we_set() -> None:
 
 
 def test_check_fails_loudly_when_aiortc_changes(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def _next_encoded_frame(self: Any, codec: Any) -> None:
-        return None  # a sender that no longer calls self.__encoder.pack()
+    monkeypatch.delattr(H264Encoder, "_packetize")
+    with pytest.raises(AiortcChanged, match="_packetize"):
+        check_aiortc()
 
-    monkeypatch.setattr(RTCRtpSender, "_next_encoded_frame", _next_encoded_frame)
-    with pytest.raises(AiortcChanged, match="_next_encoded_frame"):
+
+def test_check_fails_loudly_when_the_sender_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self: Any, track: Any, transport: Any) -> None:
+        self.encoder = None  # a sender whose fields are no longer name-mangled __encoder
+
+    monkeypatch.setattr(RTCRtpSender, "__init__", __init__)
+    with pytest.raises(AiortcChanged, match="_RTCRtpSender__encoder"):
         check_aiortc()
 
 
@@ -200,6 +207,7 @@ async def test_install_on_real_transceivers() -> None:
         packer = installed_packer(transceiver.sender)
         assert isinstance(packer, H264Packer)
         assert packer.cache is bridge.payloads
+        assert type(transceiver.sender) is LeanRtpSender
         with pytest.raises(RuntimeError, match="already has an encoder"):
             install(transceiver.sender, OpusPacker())
     finally:
@@ -296,7 +304,7 @@ async def test_two_senders_share_payloads_and_nack_retransmits() -> None:
             assert (last.timestamp - first.timestamp) % (1 << 32) == 33 * 90
         assert cache.misses == 2
         assert cache.hits == 2
-        # a NACK is answered from aiortc's history, over RTX
+        # a NACK is answered from the sender's history, over RTX
         sender, d = senders[0], dtls[0]
         lost = d.rtp(ext_map)[3]
         before = len(d.sent)
