@@ -13,9 +13,14 @@ joiners, config changes in order with the units.
 * :class:`AudioBridge`: AAC goes through :class:`AacToOpus` (exact 20 ms packets, 48 kHz pts);
   Opus passes through.
 
-Transcoders run in a worker thread (``asyncio.to_thread``), one batch at a time per bridge, never
-on the event loop. A bridge that cannot keep up drops on its own bounded source reader (to the
-next keyframe), so neither the publisher nor other bridges ever wait for it.
+The video transcoder (~10 ms a frame) runs in a worker thread (``asyncio.to_thread``), one batch
+at a time per bridge, never on the event loop. AAC → Opus costs ~0.25 ms per 21 ms frame (~1 %
+of a core), less than handing each frame to a thread and back (two context switches and a GIL
+hand-over per frame measured ~1.5 % of a core), so it runs on the event loop as long as a call
+stays under :data:`AUDIO_INLINE_BUDGET_S`; the first call over it moves that bridge's transcoder
+to the worker thread for good (one log line). A bridge that cannot keep up drops on its own
+bounded source reader (to the next keyframe), so neither the publisher nor other bridges ever
+wait for it.
 
 Output units keep the source's participant timeline (ms). Opus units carry ``pts`` in ms too:
 AacToOpus stamps packets at ``input ms x 48`` plus multiples of 960 samples (20 ms), so the
@@ -27,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 from typing import Any
@@ -51,6 +57,15 @@ TRANSCODE_BIT_RATE_MIN = 500_000
 TRANSCODE_BIT_RATE_MAX = 8_000_000
 TRANSCODE_BITS_PER_PIXEL = 3
 """Bit rate of the B-frame-free re-encode: width x height x this (1280x720 → ~2.8 Mbit/s)."""
+
+AUDIO_INLINE_BUDGET_S = 0.002
+"""When the moving average of the CPU time an AAC → Opus frame takes on the event loop exceeds
+this (normally ~0.25 ms; CPU time, so a busy machine's preemption does not count), the bridge's
+transcoding moves to the worker thread (the loop must stay free for every other stream)."""
+AUDIO_INLINE_SMOOTHING = 0.2
+"""Weight of the newest frame in that moving average (which starts at 0): the first frame's
+set-up (~3 ms) or a single pause under 5 x the budget does not move it; one frame of
+5 x budget or a steady cost over the budget does."""
 
 OPUS_CONFIG = AudioConfig(
     codec="opus", record=b"", sample_rate=OPUS_SAMPLE_RATE, channels=OPUS_CHANNELS
@@ -292,7 +307,13 @@ class AudioBridge(TrackBridge):
     kind = Kind.AUDIO
     source_queue = SOURCE_QUEUE_AUDIO
 
-    def __init__(self, source: Track, *, opus_factory: OpusFactory | None = None) -> None:
+    def __init__(
+        self,
+        source: Track,
+        *,
+        opus_factory: OpusFactory | None = None,
+        clock: Callable[[], float] = time.thread_time,
+    ) -> None:
         config = source.config
         if not isinstance(config, AudioConfig) or config.codec not in ("aac", "opus"):
             raise MediaError(f"WebRTC viewers need AAC or Opus audio, {source!r} is {config.codec}")
@@ -300,6 +321,11 @@ class AudioBridge(TrackBridge):
         self._factory = opus_factory or AacToOpus
         self._opus: AacToOpus | None = None
         self._opus_source: AudioConfig | None = None
+        self._clock = clock
+        self.inline = True
+        """Whether AAC → Opus runs on the event loop (see :data:`AUDIO_INLINE_BUDGET_S`)."""
+        self.inline_cost = 0.0
+        """Moving average of the CPU seconds per inline frame."""
         if config.codec == "aac":
             self._opus, self._opus_source = self._factory(config), config
             self.transcoding = True
@@ -323,13 +349,34 @@ class AudioBridge(TrackBridge):
             self._opus = self._factory(config)
             self._opus_source = config
             self.transcoding = True
-        packets = await asyncio.to_thread(_transcode_all, self._opus, units)
-        self._push(packets)
+        if not self.inline:
+            self._push(await asyncio.to_thread(_transcode_all, self._opus, units))
+            return
+        for i, unit in enumerate(units):  # one frame per call, each call measured
+            started = self._clock()
+            packets = _transcode_all(self._opus, [unit])
+            cost = self.inline_cost
+            cost += AUDIO_INLINE_SMOOTHING * (self._clock() - started - cost)
+            self.inline_cost = cost
+            self._push(packets)
+            if cost > AUDIO_INLINE_BUDGET_S:
+                self.inline = False
+                log.info(
+                    "%s: AAC → Opus takes %.1f ms of CPU a frame (budget %.1f ms on the event "
+                    "loop); transcoding in a worker thread from now on",
+                    self.source,
+                    cost * 1000,
+                    AUDIO_INLINE_BUDGET_S * 1000,
+                )
+                rest = units[i + 1 :]
+                if rest:
+                    self._push(await asyncio.to_thread(_transcode_all, self._opus, rest))
+                return
 
     async def _finish(self) -> None:
         opus, self._opus = self._opus, None
         if opus is not None:
-            self._push(await asyncio.to_thread(_flush, opus))
+            self._push(_flush(opus) if self.inline else await asyncio.to_thread(_flush, opus))
 
 
 def _opus_unit(packet: av.Packet[Any]) -> MediaUnit:

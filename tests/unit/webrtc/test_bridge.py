@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from typing import cast
 
 import pytest
@@ -14,6 +15,8 @@ from ingest.media.codecs.transcode import BFrameRemover
 from ingest.media.hub import Reader, Track, TrackEndedError
 from ingest.media.units import AudioConfig, Kind, MediaUnit, VideoConfig
 from ingest.webrtc.bridge import (
+    AUDIO_INLINE_BUDGET_S,
+    AUDIO_INLINE_SMOOTHING,
     OPUS_CONFIG,
     SOURCE_QUEUE_VIDEO,
     AudioBridge,
@@ -186,6 +189,55 @@ async def test_aac_becomes_20ms_opus_on_the_same_timeline() -> None:
     assert out[0].pts == units[0].pts
     assert [b.pts - a.pts for a, b in itertools.pairwise(out)] == [20] * (len(out) - 1)
     assert len(out) * 20 >= len(units) * 1024 * 1000 // 48_000
+
+
+async def test_aac_to_opus_moves_off_the_loop_when_a_frame_exceeds_the_budget(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """On the event loop while frames are cheap (the first one's set-up does not count); a frame
+    that lifts the moving average over AUDIO_INLINE_BUDGET_S moves that bridge to the worker
+    thread for good, with the same output."""
+    caplog.set_level(logging.INFO, "ingest.webrtc")
+    config, units = aac_clip(0.5)
+    reference_src = source(config)
+    reference = AudioBridge(reference_src)
+    reference.start()
+    reference_out = reference.output.subscribe()
+    for u in units:
+        reference_src.push(u)
+    reference_src.end()
+    expected = await drain_to_end(reference_out)
+    assert reference.inline  # a real frame is well under the budget
+
+    calls = 0
+    now = 0.0
+
+    def clock() -> float:  # frames "take" half the budget, the 1st 4 x (set-up), the 10th 6 x
+        nonlocal calls, now
+        calls += 1
+        frame = (calls + 1) // 2
+        if calls % 2 == 0:
+            now += AUDIO_INLINE_BUDGET_S * {1: 4, 10: 6}.get(frame, 0.5)
+        return now
+
+    src = source(config)
+    bridge = AudioBridge(src, clock=clock)
+    bridge.start()
+    viewer = bridge.output.subscribe()
+    for u in units[:9]:
+        src.push(u)
+    first = await take(viewer, 5)
+    assert bridge.inline
+    assert bridge.inline_cost < AUDIO_INLINE_BUDGET_S
+    assert 0 < AUDIO_INLINE_SMOOTHING < 1
+    for u in units[9:]:
+        src.push(u)
+    src.end()
+    out = [*first, *await drain_to_end(viewer)]
+    assert not bridge.inline
+    assert calls == 20  # measured until it moved, not after
+    assert [(u.pts, u.data) for u in out] == [(u.pts, u.data) for u in expected]
+    assert caplog.text.count("worker thread") == 1
 
 
 async def test_opus_source_passes_through() -> None:
