@@ -97,11 +97,25 @@ def test_sine_becomes_20ms_opus_packets_in_sync() -> None:
     assert abs(len(packets) * OPUS_FRAME_SAMPLES - input_samples) <= OPUS_FRAME_SAMPLES
 
 
-def test_mono_input_comes_out_stereo() -> None:
+def test_mono_input_stays_mono_and_plays_on_both_channels() -> None:
     config, units = aac_sine(freq=1000.0, seconds=0.5, rate=48000, layout="mono")
-    decoded = decode_opus(transcode(config, units))
+    transcoder = AacToOpus(config)
+    packets = [p for u in units for p in transcoder.feed(u)] + transcoder.flush()
+    assert transcoder.channels == 1
+    assert all(bytes(p)[0] & 0x04 == 0 for p in packets)  # TOC byte: the mono flag
+    decoded = decode_opus(packets)
     stereo = np.concatenate(decoded).reshape(-1, 2).astype(np.float64)
-    assert abs(dominant_frequency(stereo[2400:, 1], OPUS_SAMPLE_RATE) - 1000) <= 5
+    for channel in (0, 1):
+        assert abs(dominant_frequency(stereo[2400:, channel], OPUS_SAMPLE_RATE) - 1000) <= 5
+
+
+def test_stereo_input_is_stereo_opus() -> None:
+    config, units = aac_sine(seconds=0.5)
+    transcoder = AacToOpus(config)
+    packets = [p for u in units for p in transcoder.feed(u)]
+    assert transcoder.channels == 2
+    assert packets
+    assert all(bytes(p)[0] & 0x04 for p in packets)  # TOC byte: the stereo flag
 
 
 def test_input_jump_restarts_the_pts_base() -> None:
