@@ -43,6 +43,11 @@ from aiortc.rtp import HeaderExtensions, HeaderExtensionsMap
 from ingest.media.units import MediaUnit
 from ingest.webrtc.sending import AiortcChanged, LeanRtpSender
 
+VIDEO_TIME_BASE = Fraction(1, 90_000)
+"""RTP time base of H.264 (the tracks' ``time_base`` is this very object: no Fraction math)."""
+AUDIO_TIME_BASE = Fraction(1, 48_000)
+"""RTP time base of Opus."""
+
 PAYLOAD_CACHE_UNITS = 90
 """H.264 units whose payloads a :class:`PayloadCache` keeps (3 s at 30 fps): every live viewer
 packs the newest unit within milliseconds of the others; a joiner's GOP backlog mostly hits too."""
@@ -133,7 +138,7 @@ class _UnitPacker(Encoder):
 class H264Packer(_UnitPacker):
     """H.264 at 90 kHz, payloads from the bridge's shared :class:`PayloadCache`."""
 
-    time_base = Fraction(1, 90_000)
+    time_base = VIDEO_TIME_BASE
 
     def __init__(self, cache: PayloadCache) -> None:
         self.cache = cache
@@ -145,7 +150,7 @@ class H264Packer(_UnitPacker):
 class OpusPacker(_UnitPacker):
     """Opus at 48 kHz: one packet per RTP payload (like aiortc's ``OpusEncoder.pack``)."""
 
-    time_base = Fraction(1, 48_000)
+    time_base = AUDIO_TIME_BASE
 
     def _payloads(self, unit: MediaUnit) -> list[bytes]:
         return [unit.data]

@@ -28,12 +28,17 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from ingest.media.hub import Reader, TrackEndedError
 from ingest.media.units import MediaUnit
-from ingest.webrtc.packing import H264Packer, OpusPacker, PayloadCache, UnitPacket
+from ingest.webrtc.packing import (
+    AUDIO_TIME_BASE,
+    VIDEO_TIME_BASE,
+    H264Packer,
+    OpusPacker,
+    PayloadCache,
+    UnitPacket,
+)
 
-VIDEO_CLOCK_RATE = 90_000
-VIDEO_TIME_BASE = Fraction(1, VIDEO_CLOCK_RATE)
-AUDIO_CLOCK_RATE = 48_000
-AUDIO_TIME_BASE = Fraction(1, AUDIO_CLOCK_RATE)
+VIDEO_CLOCK_RATE = VIDEO_TIME_BASE.denominator
+AUDIO_CLOCK_RATE = AUDIO_TIME_BASE.denominator
 
 LiveEdge = Callable[[], int | None]
 """Returns the pts (ms) of the newest unit the viewer's source has, or ``None``."""
