@@ -55,7 +55,8 @@ STARTUP_TIMEOUT = 30.0
 
 def make_media(directory: Path, seconds: int = MEDIA_SECONDS) -> Path:
     """1080p30 H.264 High at 6 Mbit/s (a moving, noisy test pattern that needs the bits), a 2 s
-    GOP, no B-frames (OBS's defaults), and AAC 48 kHz: an FLV file, made with the ffmpeg CLI."""
+    GOP, no B-frames, and stereo AAC 48 kHz 160 kbit/s (OBS's defaults): an FLV file, made with
+    the ffmpeg CLI."""
     if shutil.which("ffmpeg") is None:
         raise RuntimeError("the bridge benchmark needs the ffmpeg CLI (apt-get install ffmpeg)")
     path = directory / "bench-1080p30.flv"
@@ -67,7 +68,7 @@ def make_media(directory: Path, seconds: int = MEDIA_SECONDS) -> Path:
         "-c:v", "libx264", "-preset", "superfast", "-profile:v", "high", "-bf", "0",
         "-g", str(FPS * GOP_S), "-keyint_min", str(FPS * GOP_S), "-sc_threshold", "0",
         "-b:v", VIDEO_BIT_RATE, "-maxrate", VIDEO_BIT_RATE, "-bufsize", VIDEO_BIT_RATE,
-        "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k", str(path),
+        "-pix_fmt", "yuv420p", "-c:a", "aac", "-ac", "2", "-b:a", "160k", str(path),
     ]  # fmt: skip
     subprocess.run(cmd, check=True, timeout=300)
     return path
