@@ -21,6 +21,7 @@ from fastapi import FastAPI
 
 from ingest.media.hub import Hub
 from ingest.media.units import Kind
+from ingest.webrtc.sending import LeanRtpSender
 from ingest.webrtc.sfu import SFU
 from ingest.webrtc.whep import build_whep_router
 from tests.e2e.webrtc_viewer import Viewer, dominant_frequency
@@ -104,6 +105,14 @@ async def test_high_profile_video_and_opus_audio(server: Server) -> None:
         bridge = server.sfu.bridge(publisher.tracks[Kind.VIDEO])
         assert bridge is not None
         assert not bridge.transcoding
+        # our lean RTP loop sent it all straight to the socket, and aiortc's counters know
+        (session,) = server.sfu.sessions.values()
+        for transceiver in session.pc.getTransceivers():
+            sender = transceiver.sender
+            assert type(sender) is LeanRtpSender
+            stats = [s for s in (await sender.getStats()).values() if s.type == "outbound-rtp"]
+            assert stats[0].packetsSent >= sender.lean_packets > 0
+            assert stats[0].bytesSent > 0
         async with httpx.AsyncClient() as http:
             resp = await http.delete(server.url + viewer.location)
         assert resp.status_code == 200

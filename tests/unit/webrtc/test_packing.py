@@ -34,6 +34,8 @@ from ingest.media.hub import Track
 from ingest.media.units import Kind, MediaUnit, VideoConfig
 from ingest.webrtc.bridge import OPUS_CONFIG, VideoBridge
 from ingest.webrtc.packing import (
+    AUDIO_TIME_BASE,
+    VIDEO_TIME_BASE,
     AiortcChanged,
     H264Packer,
     HeaderExtensionsWriter,
@@ -48,8 +50,6 @@ from ingest.webrtc.packing import (
 from ingest.webrtc.sending import LeanRtpSender
 from ingest.webrtc.sfu import add_viewer_track
 from ingest.webrtc.tracks import (
-    AUDIO_TIME_BASE,
-    VIDEO_TIME_BASE,
     OpusAudioTrack,
     PassthroughVideoTrack,
     to_packet,
@@ -234,6 +234,9 @@ class FakeDtls:
 
     async def _send_rtp(self, data: bytes) -> None:
         self.sent.append(data)
+
+    def _get_stats(self) -> list[Any]:
+        return []
 
     def rtp(self, ext_map: HeaderExtensionsMap) -> list[RtpPacket]:
         return [RtpPacket.parse(d, ext_map) for d in self.sent if not 192 <= d[1] <= 223]

@@ -10,9 +10,8 @@ from aiortc.mediastreams import MediaStreamError
 from ingest.media.hub import Track
 from ingest.media.units import AudioConfig, Kind, MediaUnit, VideoConfig
 from ingest.webrtc.bridge import OPUS_CONFIG
+from ingest.webrtc.packing import AUDIO_TIME_BASE, VIDEO_TIME_BASE
 from ingest.webrtc.tracks import (
-    AUDIO_TIME_BASE,
-    VIDEO_TIME_BASE,
     OpusAudioTrack,
     PassthroughVideoTrack,
     to_packet,

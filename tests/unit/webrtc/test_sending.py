@@ -1,0 +1,103 @@
+"""Our RTP send loop (``ingest.webrtc.sending``) without a network: what it writes through a
+stand-in DTLS transport, its retransmissions without RTX, aiortc's counters, its import guard.
+
+Its direct path (SRTP + the ICE pair's socket) runs in the e2e WebRTC tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aioice.ice import StunProtocol
+from aiortc.rtcrtpparameters import RTCRtpSendParameters
+from aiortc.rtcrtpsender import RTCRtpSender
+from aiortc.rtp import RTCP_RTPFB_NACK, HeaderExtensionsMap, RtcpRtpfbPacket, RtpPacket
+
+from ingest.media.hub import Track
+from ingest.media.units import Kind
+from ingest.webrtc.packing import PayloadCache, install, packetize_h264
+from ingest.webrtc.sending import AiortcChanged, LeanRtpSender, _route, check_aiortc
+from ingest.webrtc.tracks import PassthroughVideoTrack
+from tests.unit.webrtc.test_packing import (
+    VCFG,
+    FakeDtls,
+    access_unit,
+    send_parameters,
+    video,
+    wait_for,
+)
+
+
+def without_rtx(parameters: RTCRtpSendParameters) -> RTCRtpSendParameters:
+    parameters.codecs = [c for c in parameters.codecs if c.mimeType != "video/rtx"]
+    return parameters
+
+
+async def started_sender(parameters: RTCRtpSendParameters) -> tuple[Track, LeanRtpSender, FakeDtls]:
+    source = Track("default:c", "p", "u", Kind.VIDEO, VCFG)
+    track = PassthroughVideoTrack(source.subscribe(), payloads=PayloadCache())
+    dtls = FakeDtls()
+    sender = RTCRtpSender(track, dtls)  # type: ignore[arg-type]
+    install(sender, track.packer())
+    assert isinstance(sender, LeanRtpSender)
+    await sender.send(parameters)
+    return source, sender, dtls
+
+
+def test_the_guard_passes_on_this_aiortc() -> None:
+    check_aiortc()  # also ran at import
+
+
+def test_the_guard_fails_when_aioice_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def send_data(self: Any, data: bytes, addr: Any) -> None:
+        return None  # a protocol that no longer sends with self.transport
+
+    monkeypatch.setattr(StunProtocol, "send_data", send_data)
+    with pytest.raises(AiortcChanged, match="StunProtocol"):
+        check_aiortc()
+
+
+def test_the_guard_fails_when_the_sender_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def _run_rtcp(self: Any) -> None:
+        return None  # a sender whose reports no longer read the counters we keep
+
+    monkeypatch.setattr(RTCRtpSender, "_run_rtcp", _run_rtcp)
+    with pytest.raises(AiortcChanged, match="_run_rtcp"):
+        check_aiortc()
+
+
+def test_other_transports_take_aiortcs_path() -> None:
+    assert _route(FakeDtls()) is None
+
+
+async def test_counters_and_a_retransmission_without_rtx() -> None:
+    parameters = without_rtx(send_parameters("video"))
+    source, sender, dtls = await started_sender(parameters)
+    units = [video(1000, access_unit(seed=1)), video(1033, access_unit(seed=2, big=3000))]
+    for unit in units:
+        source.push(unit)
+    payloads = [p for u in units for p in packetize_h264(u.data)]
+    ext_map = HeaderExtensionsMap()
+    ext_map.configure(parameters)
+    try:
+        await wait_for(lambda: len(dtls.rtp(ext_map)) >= len(payloads))
+        sent = dtls.rtp(ext_map)
+        assert [p.payload for p in sent] == payloads
+        assert sender.lean_packets == 0  # a stand-in transport: all through _send_rtp
+        stats = [s for s in (await sender.getStats()).values() if s.type == "outbound-rtp"]
+        assert stats[0].packetsSent == len(payloads)
+        assert stats[0].bytesSent == sum(len(p) for p in payloads)
+
+        lost = sent[5]
+        before = len(dtls.sent)
+        nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=sender._ssrc)
+        nack.lost = [lost.sequence_number, (lost.sequence_number + 5000) % 65536]
+        await sender._handle_rtcp_packet(nack)
+        assert len(dtls.sent) == before + 1  # the unknown sequence number is ignored
+        again = RtpPacket.parse(dtls.sent[before], ext_map)
+        assert (again.payload_type, again.ssrc) == (lost.payload_type, lost.ssrc)
+        assert (again.sequence_number, again.timestamp) == (lost.sequence_number, lost.timestamp)
+        assert (again.marker, again.payload) == (lost.marker, lost.payload)
+        assert again.extensions.mid == "0"
+    finally:
+        await sender.stop()
