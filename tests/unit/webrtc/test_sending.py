@@ -12,11 +12,20 @@ from aioice.ice import StunProtocol
 from aiortc.rtcrtpparameters import RTCRtpSendParameters
 from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtp import RTCP_RTPFB_NACK, HeaderExtensionsMap, RtcpRtpfbPacket, RtpPacket
+from pylibsrtp import Policy, Session
 
 from ingest.media.hub import Track
 from ingest.media.units import Kind
 from ingest.webrtc.packing import PayloadCache, install, packetize_h264
-from ingest.webrtc.sending import AiortcChanged, LeanRtpSender, _route, check_aiortc
+from ingest.webrtc.sending import (
+    SRTP_BUFFER_BYTES,
+    SRTP_MAX_TRAILER_BYTES,
+    AiortcChanged,
+    LeanRtpSender,
+    _route,
+    check_aiortc,
+    protect_in_place,
+)
 from ingest.webrtc.tracks import PassthroughVideoTrack
 from tests.unit.webrtc.test_packing import (
     VCFG,
@@ -57,6 +66,15 @@ def test_the_guard_fails_when_aioice_changes(monkeypatch: pytest.MonkeyPatch) ->
         check_aiortc()
 
 
+def test_the_guard_fails_when_pylibsrtp_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self: Any, policy: Any) -> None:
+        self.context = None  # a session that keeps its srtp_t elsewhere
+
+    monkeypatch.setattr(Session, "__init__", __init__)
+    with pytest.raises(AiortcChanged, match="pylibsrtp"):
+        check_aiortc()
+
+
 def test_the_guard_fails_when_the_sender_changes(monkeypatch: pytest.MonkeyPatch) -> None:
     async def _run_rtcp(self: Any) -> None:
         return None  # a sender whose reports no longer read the counters we keep
@@ -64,6 +82,33 @@ def test_the_guard_fails_when_the_sender_changes(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(RTCRtpSender, "_run_rtcp", _run_rtcp)
     with pytest.raises(AiortcChanged, match="_run_rtcp"):
         check_aiortc()
+
+
+@pytest.mark.parametrize(
+    "profile", [Policy.SRTP_PROFILE_AEAD_AES_128_GCM, Policy.SRTP_PROFILE_AES128_CM_SHA1_80]
+)
+def test_protect_in_place_is_pylibsrtps_protect(profile: int) -> None:
+    key = bytes(range(28 if profile == Policy.SRTP_PROFILE_AEAD_AES_128_GCM else 30))
+    ours, theirs = (
+        Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile))
+        for _ in range(2)
+    )
+    for seq, size in enumerate((1, 100, 1300, SRTP_BUFFER_BYTES - SRTP_MAX_TRAILER_BYTES - 12)):
+        packet = bytes([0x80, 102]) + seq.to_bytes(2, "big") + bytes(8) + bytes([seq]) * size
+        assert bytes(protect_in_place(ours._srtp[0], packet)) == theirs.protect(packet)
+
+
+def test_protect_in_place_refuses_what_does_not_fit() -> None:
+    session = Session(
+        Policy(
+            key=bytes(28),
+            ssrc_type=Policy.SSRC_ANY_OUTBOUND,
+            srtp_profile=Policy.SRTP_PROFILE_AEAD_AES_128_GCM,
+        )
+    )
+    packet = bytes([0x80, 102]) + bytes(10) + bytes(SRTP_BUFFER_BYTES - SRTP_MAX_TRAILER_BYTES)
+    with pytest.raises(ValueError, match="too long"):
+        protect_in_place(session._srtp[0], packet)
 
 
 def test_other_transports_take_aiortcs_path() -> None:
