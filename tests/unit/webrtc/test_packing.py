@@ -55,6 +55,7 @@ from ingest.webrtc.tracks import (
     to_packet,
 )
 
+TIMEOUT = 10.0
 VCFG = VideoConfig(codec="h264", record=b"", profile=100, level=40)
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 ABS_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
@@ -225,6 +226,8 @@ class FakeDtls:
 
     def __init__(self) -> None:
         self.sent: list[bytes] = []
+        self.sent_more = asyncio.Event()
+        """Set whenever something is sent (cleared by :func:`wait_for`)."""
 
     def _register_rtp_sender(self, sender: Any, parameters: Any) -> None:
         pass
@@ -234,6 +237,7 @@ class FakeDtls:
 
     async def _send_rtp(self, data: bytes) -> None:
         self.sent.append(data)
+        self.sent_more.set()
 
     def _get_stats(self) -> list[Any]:
         return []
@@ -268,12 +272,21 @@ def send_parameters(kind: str) -> RTCRtpSendParameters:
     )
 
 
-async def wait_for(condition: Any) -> None:
-    for _ in range(200):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("timed out")
+async def wait_for(condition: Any, *transports: FakeDtls) -> None:
+    """Until ``condition()`` holds, re-checked each time one of ``transports`` sends."""
+
+    async def until() -> None:
+        while not condition():
+            for transport in transports:
+                transport.sent_more.clear()
+            waits = [asyncio.create_task(t.sent_more.wait()) for t in transports]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+
+    await asyncio.wait_for(until(), TIMEOUT)
 
 
 async def test_two_senders_share_payloads_and_nack_retransmits() -> None:
@@ -293,7 +306,7 @@ async def test_two_senders_share_payloads_and_nack_retransmits() -> None:
     ext_map = HeaderExtensionsMap()
     ext_map.configure(send_parameters("video"))
     try:
-        await wait_for(lambda: all(len(d.rtp(ext_map)) >= total for d in dtls))
+        await wait_for(lambda: all(len(d.rtp(ext_map)) >= total for d in dtls), *dtls)
         for sender, d in zip(senders, dtls, strict=True):
             packets = d.rtp(ext_map)
             assert [p.payload for p in packets] == [x for p in expected for x in p]
@@ -337,7 +350,7 @@ async def test_opus_through_a_sender() -> None:
     ext_map = HeaderExtensionsMap()
     ext_map.configure(send_parameters("audio"))
     try:
-        await wait_for(lambda: len(d.rtp(ext_map)) >= 3)
+        await wait_for(lambda: len(d.rtp(ext_map)) >= 3, d)
         packets = d.rtp(ext_map)
         assert [p.payload for p in packets] == [bytes([ms, 1, 2]) for ms in (0, 20, 40)]
         assert [(p.timestamp - packets[0].timestamp) % (1 << 32) for p in packets] == [

@@ -125,7 +125,7 @@ async def test_counters_and_a_retransmission_without_rtx() -> None:
     ext_map = HeaderExtensionsMap()
     ext_map.configure(parameters)
     try:
-        await wait_for(lambda: len(dtls.rtp(ext_map)) >= len(payloads))
+        await wait_for(lambda: len(dtls.rtp(ext_map)) >= len(payloads), dtls)
         sent = dtls.rtp(ext_map)
         assert [p.payload for p in sent] == payloads
         assert sender.lean_packets == 0  # a stand-in transport: all through _send_rtp
