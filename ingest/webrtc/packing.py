@@ -41,7 +41,8 @@ from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtp import HeaderExtensions, HeaderExtensionsMap
 
 from ingest.media.units import MediaUnit
-from ingest.webrtc.sending import AiortcChanged, LeanRtpSender
+from ingest.webrtc.sending import AiortcChanged as AiortcChanged  # re-exported
+from ingest.webrtc.sending import LeanRtpSender
 
 VIDEO_TIME_BASE = Fraction(1, 90_000)
 """RTP time base of H.264 (the tracks' ``time_base`` is this very object: no Fraction math)."""
