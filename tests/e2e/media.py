@@ -109,6 +109,8 @@ def expected_from_file(path: Path, offset_ms: int = 0) -> list[Expected]:
             if packet.size == 0:
                 continue
             tb = packet.time_base
+            assert packet.dts is not None
+            assert packet.pts is not None
             dts = round(packet.dts * tb * 1000) + offset_ms
             pts = round(packet.pts * tb * 1000) + offset_ms
             data = bytes(packet)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Any
 
 import av
 import numpy as np
@@ -24,8 +25,9 @@ def publish(url: str, frames: int = 45) -> list[tuple[str, int]]:
         a = out.add_stream("aac", rate=48000)
         a.layout = "stereo"
 
-        def mux(packets: list[av.Packet]) -> None:
+        def mux(packets: list[av.Packet[Any]]) -> None:
             for p in packets:
+                assert p.dts is not None
                 sent.append((p.stream.type, round(p.dts * p.time_base * 1000)))
                 out.mux(p)
 

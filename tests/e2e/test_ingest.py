@@ -19,7 +19,7 @@ from getstream.models import CallRequest, MemberRequest, UserRequest
 from ingest.app import App
 from ingest.calls.events import Subscription
 from ingest.calls.tokens import create_token
-from ingest.media.hub import TrackAdded, TrackEndedError
+from ingest.media.hub import Reader, TrackAdded, TrackEndedError
 from ingest.media.units import Kind, MediaUnit
 from tests.conftest import API_KEY, API_SECRET
 from tests.e2e.media import MEDIA_DIR, expected_from_file, finish, got_from_unit, make_flv, push
@@ -80,7 +80,7 @@ async def collect(app: App, cid: str = "livestream:show") -> list[MediaUnit]:
     """Every unit of the next publisher in the call, until its tracks end."""
     units: list[MediaUnit] = []
     with app.hub.watch(cid) as watch:
-        readers = []
+        readers: list[Reader] = []
         while len(readers) < 2:
             event = await asyncio.wait_for(watch.get(), 15)
             if isinstance(event, TrackAdded):

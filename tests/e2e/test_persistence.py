@@ -77,7 +77,10 @@ def postgres() -> Iterator[str]:
         as_user = ["runuser", "-u", "postgres", "--"]
     data = os.path.join(root, "data")
     port = _free_port()
-    run = lambda *a: subprocess.run([*as_user, *a], check=True, capture_output=True, timeout=120)  # noqa: E731
+
+    def run(*args: str) -> None:
+        subprocess.run([*as_user, *args], check=True, capture_output=True, timeout=120)
+
     run(f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "ingest")
     run(
         f"{bindir}/pg_ctl",
