@@ -217,7 +217,6 @@ class LeanRtpSender(RTCRtpSender):
         sequence_number = random_sequence_number()
         timestamp_origin = random32()
         header = _HEADER.pack
-        sent_direct = 0
         try:
             while True:
                 track = getattr(self, _TRACK)
@@ -263,8 +262,7 @@ class LeanRtpSender(RTCRtpSender):
                     dtls = self.transport
                     setattr(dtls, _DTLS_TX_BYTES, getattr(dtls, _DTLS_TX_BYTES) + wire)
                     setattr(dtls, _DTLS_TX_PACKETS, getattr(dtls, _DTLS_TX_PACKETS) + last + 1)
-                    sent_direct += last + 1
-                    self.lean_packets = sent_direct
+                    self.lean_packets += last + 1
                 setattr(self, _NTP_TIMESTAMP, ntp)
                 setattr(self, _RTP_TIMESTAMP, timestamp)
                 setattr(self, _OCTET_COUNT, getattr(self, _OCTET_COUNT) + octets)
