@@ -11,13 +11,19 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import jwt
+from jwt.types import Options
 
 from ..errors import AuthenticationError, TokenExpiredError, TokenRevokedError
 from ..logs import redact
 
 MAX_TOKEN_LENGTH = 4096
+MAX_CLAIM_TIME = 253_402_300_799
+"""Latest ``exp`` / ``iat`` / ``nbf`` accepted: 9999-12-31T23:59:59Z (later cannot be shown)."""
+MAX_SHOWN_CHARS = 40
+"""How much of a bad claim value an error message repeats."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +63,8 @@ def create_server_token(secret: str) -> str:
     return jwt.encode({"server": True}, secret, algorithm="HS256")
 
 
-def _when(ts: int) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(int(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def verify_token(
@@ -69,7 +75,9 @@ def verify_token(
     leeway: int = 5,
     revoked_before: datetime | None = None,
 ) -> Claims:
-    """Check signature, ``exp`` and revocation; return the claims or raise with what to fix.
+    """Check signature, every claim, ``exp`` and revocation; return the claims or raise
+    :class:`AuthenticationError` (401) with what to fix. Never raises anything else, whatever
+    a validly signed token carries.
 
     ``revoked_before`` is the user's ``revoke_tokens_issued_before``; the caller looks it up once
     it knows the user id (see :func:`check_revocation`), so this function stays storage-free.
@@ -81,12 +89,9 @@ def verify_token(
     if len(token) > MAX_TOKEN_LENGTH:
         raise AuthenticationError(f"token is longer than {MAX_TOKEN_LENGTH} characters")
     try:
-        payload = jwt.decode(
-            token,
-            secret,
-            algorithms=["HS256"],
-            options={"verify_exp": False, "verify_iat": False, "verify_nbf": False},
-        )
+        # Only the signature is PyJWT's business: every claim is checked below, with messages
+        # that name it (PyJWT's own checks would let odd values through or raise its own types).
+        payload = jwt.decode(token, secret, algorithms=["HS256"], options=_SIGNATURE_ONLY)
     except jwt.InvalidSignatureError:
         raise AuthenticationError(
             f"token {redact(token)} has an invalid signature: sign it with this app's API secret"
@@ -95,43 +100,111 @@ def verify_token(
         raise AuthenticationError("token must be signed with HS256") from None
     except jwt.DecodeError as e:
         raise AuthenticationError(f"token is not a valid JWT ({e})") from None
+    except (jwt.PyJWTError, ValueError, TypeError) as e:  # anything else PyJWT may find odd
+        raise AuthenticationError(f"token is not a valid JWT ({e})") from None
     if not isinstance(payload, dict):
         raise AuthenticationError("token payload must be a JSON object")
     current = time.time() if now is None else now
-    exp = payload.get("exp")
-    iat = payload.get("iat")
-    if exp is not None and not isinstance(exp, int | float):
-        raise AuthenticationError("token 'exp' must be a number of seconds since the epoch")
-    if iat is not None and not isinstance(iat, int | float):
-        raise AuthenticationError("token 'iat' must be a number of seconds since the epoch")
+    if "aud" in payload:
+        raise AuthenticationError(
+            "token has an 'aud' (audience) claim, which this server cannot check: "
+            "sign tokens without 'aud'"
+        )
+    exp = _time_claim(payload, "exp")
+    iat = _time_claim(payload, "iat")
+    nbf = _time_claim(payload, "nbf")
+    for name in ("sub", "iss", "jti"):
+        if name in payload and not isinstance(payload[name], str):
+            raise AuthenticationError(
+                f"token claim '{name}' must be a string, not {_shown(payload[name])}"
+            )
+    server = payload.get("server", False)
+    if not isinstance(server, bool):
+        raise AuthenticationError(
+            f"token claim 'server' must be true or false, not {_shown(server)}"
+        )
     if exp is not None and current > exp + leeway:
         raise TokenExpiredError(
-            f"token expired at {_when(int(exp))} (now {_when(int(current))}): create a new one"
+            f"token expired at {_when(exp)} (now {_when(current)}): create a new one"
         )
     if iat is not None and iat > current + leeway:
         raise AuthenticationError(
-            f"token issued in the future ({_when(int(iat))}): check this machine's clock"
+            f"token issued in the future ({_when(iat)}): check this machine's clock"
+        )
+    if nbf is not None and nbf > current + leeway:
+        raise AuthenticationError(
+            f"token is not valid before {_when(nbf)} (its 'nbf' claim): wait, or check this "
+            "machine's clock"
         )
     user_id = payload.get("user_id")
-    if payload.get("server") is True or user_id is None:
+    if server or user_id is None:
         # Stream's server SDKs sign either {"server": true} or an empty payload: whoever holds
         # the secret acts for the app.
         return Claims(server=True, user_id=None, issued_at=None, expires_at=None)
     if not isinstance(user_id, str) or not user_id:
-        raise AuthenticationError("token 'user_id' must be a non-empty string")
+        raise AuthenticationError(
+            f"token claim 'user_id' must be a non-empty string, not {_shown(user_id)}"
+        )
     cids = payload.get("call_cids")
-    call_cids = tuple(str(c) for c in cids) if isinstance(cids, list) else None
+    if cids is not None and (
+        not isinstance(cids, list) or not all(isinstance(c, str) and c for c in cids)
+    ):
+        raise AuthenticationError(
+            "token claim 'call_cids' must be a list of call ids such as "
+            f'["livestream:show"], not {_shown(cids)}'
+        )
     role = payload.get("role")
+    if role is not None and (not isinstance(role, str) or not role):
+        raise AuthenticationError(
+            f"token claim 'role' must be a non-empty string, not {_shown(role)}"
+        )
     claims = Claims(
         server=False,
         user_id=user_id,
         issued_at=int(iat) if iat is not None else None,
         expires_at=int(exp) if exp is not None else None,
-        call_cids=call_cids,
-        role=role if isinstance(role, str) else None,
+        call_cids=tuple(cids) if cids is not None else None,
+        role=role,
     )
     check_revocation(claims, revoked_before)
     return claims
+
+
+_SIGNATURE_ONLY: Options = {
+    "verify_signature": True,
+    "verify_exp": False,
+    "verify_iat": False,
+    "verify_nbf": False,
+    "verify_aud": False,
+    "verify_iss": False,
+    "verify_sub": False,
+    "verify_jti": False,
+}
+
+
+def _shown(value: object) -> str:
+    """A claim value as an error message shows it: its JSON type and a short repr."""
+    text = repr(value)
+    if len(text) > MAX_SHOWN_CHARS:
+        text = text[: MAX_SHOWN_CHARS - 1] + "…"
+    return f"{type(value).__name__} {text}"
+
+
+def _time_claim(payload: dict[str, Any], name: str) -> float | None:
+    """A NumericDate claim (RFC 7519): absent, or a finite number of seconds in range."""
+    value = payload.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise AuthenticationError(
+            f"token claim '{name}' must be a number of seconds since 1970, not {_shown(value)}"
+        )
+    if not 0 <= value <= MAX_CLAIM_TIME:  # also false for NaN; no float() of huge ints
+        raise AuthenticationError(
+            f"token claim '{name}' must be a time between 0 and {MAX_CLAIM_TIME} "
+            f"(year 9999), not {_shown(value)}"
+        )
+    return float(value)
 
 
 def check_revocation(claims: Claims, revoked_before: datetime | None) -> None:
