@@ -64,13 +64,20 @@ class _ChunkStream:
 class ChunkReader:
     """Feed bytes, get complete messages; Set Chunk Size and Abort apply as they arrive."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, max_message_size: int = MAX_MESSAGE_SIZE, max_pending: int = MAX_PENDING_BYTES
+    ) -> None:
         self._buf = bytearray()
         self._pos = 0
         self._streams: dict[int, _ChunkStream] = {}
         self._chunk_size = DEFAULT_CHUNK_SIZE
         self._pending = 0
         self._error: RTMPError | None = None
+        self.max_message_size = max_message_size
+        """Largest message a header may announce; the owner may change it between feeds (a
+        server keeps it small until the peer is authenticated)."""
+        self.max_pending = max_pending
+        """Announced bytes of partly received messages, all chunk streams together."""
 
     @property
     def chunk_size(self) -> int:
@@ -224,10 +231,10 @@ class ChunkReader:
                                 f"chunk stream {csid}: type-{fmt} header while a {st.length}-byte "
                                 f"message still misses {rem} bytes"
                             )
-                        if length > MAX_MESSAGE_SIZE:
+                        if length > self.max_message_size:
                             raise RTMPError(
                                 f"chunk stream {csid}: message of {length} bytes exceeds the "
-                                f"limit of {MAX_MESSAGE_SIZE}"
+                                f"limit of {self.max_message_size}"
                             )
                         field = (t_hi << 16) | t_lo
                         ext = field == _EXTENDED
@@ -237,11 +244,11 @@ class ChunkReader:
                             field = _U32.unpack_from(buf, p)[0]
                             p += 4
                         ts = field if fmt == 0 else (st.timestamp + field) & _MASK
-                    if length > cs and self._pending + length > MAX_PENDING_BYTES:
+                    if length > cs and self._pending + length > self.max_pending:
                         raise RTMPError(
                             f"chunk stream {csid}: a {length}-byte message would bring partly "
                             f"received messages to {self._pending + length} bytes, limit "
-                            f"{MAX_PENDING_BYTES}"
+                            f"{self.max_pending}"
                         )
                     n = length if length < cs else cs
                     q = p + n
@@ -292,6 +299,9 @@ class ChunkReader:
                         cs = self._chunk_size
         finally:
             mv.release()
+            if pos == end:
+                buf.clear()  # nothing left to parse: hold no memory until the next feed
+                pos = 0
             self._pos = pos
 
 

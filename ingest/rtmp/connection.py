@@ -12,8 +12,16 @@ The connection answers protocol chatter itself (handshake, connect, createStream
 FCPublish, pings, acknowledgements, unknown commands). ``publish`` becomes
 :class:`PublishRequested`; until the application calls :meth:`ServerConnection.accept_publish` or
 :meth:`ServerConnection.reject_publish`, later input is held (at most :data:`MAX_BACKLOG_BYTES`),
-so a client that sends media right behind ``publish`` is not refused. Timestamps in events are
-the RTMP message timestamps: 32-bit milliseconds that wrap mod 2**32 (the media layer unwraps).
+so a client that sends media right behind ``publish`` is not refused.
+
+Until the peer is authenticated it holds little memory: messages of at most
+:data:`MAX_BYTES_BEFORE_CONNECT` before ``connect`` and :data:`MAX_BYTES_BEFORE_PUBLISH` until a
+publish is accepted (the chunk reader's full limits apply only after that); replies it has not
+collected beyond :data:`MAX_OUTPUT_BYTES` close it (a peer that sends requests without reading),
+and no reply echoes more than :data:`MAX_ECHO_LENGTH` characters of what the peer sent.
+
+Timestamps in events are the RTMP message timestamps: 32-bit milliseconds that wrap mod 2**32
+(the media layer unwraps).
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .chunk import ChunkMessage, ChunkReader, ChunkWriter
+from .chunk import MAX_MESSAGE_SIZE, MAX_PENDING_BYTES, ChunkMessage, ChunkReader, ChunkWriter
 from .error import RTMPError
 from .handshake import C0C1_SIZE, HANDSHAKE_SIZE, check_version, server_response
 from .messages import (
@@ -44,7 +52,12 @@ from .messages import (
 MAX_APP_LENGTH = 256  # characters of the connect command's app (after the ?query is cut)
 MAX_STREAM_KEY_LENGTH = 4096  # characters of the publish name (after the ?query is cut)
 MAX_MESSAGE_STREAMS = 8  # createStream calls per connection
-MAX_BACKLOG_BYTES = 2 * 1024 * 1024  # input held while a publish decision is pending
+MAX_BACKLOG_BYTES = 64 * 1024  # input held while a publish decision is pending
+MAX_BYTES_BEFORE_CONNECT = 8 * 1024  # largest message, and partly received bytes, before connect
+MAX_BYTES_BEFORE_PUBLISH = 64 * 1024  # the same after connect, until a publish is accepted
+MAX_OUTPUT_BYTES = 256 * 1024  # replies not yet collected with data_to_send
+MAX_ECHO_LENGTH = 64  # characters of a peer's command name quoted back in an error reply
+MAX_DESCRIPTION_LENGTH = 512  # characters of an onStatus description (refusal reasons)
 OUTGOING_CHUNK_SIZE = 4096
 DEFAULT_WINDOW_ACK_SIZE = 2_500_000
 DEFAULT_PEER_BANDWIDTH = 2_500_000
@@ -155,7 +168,9 @@ class ServerConnection:
         self._random = random_bytes
         self._phase = _Phase.C0C1
         self._hs = bytearray()
-        self._reader = ChunkReader()
+        self._reader = ChunkReader(
+            max_message_size=MAX_BYTES_BEFORE_CONNECT, max_pending=MAX_BYTES_BEFORE_CONNECT
+        )
         self._writer = ChunkWriter()
         self._out = bytearray()
         self._events: deque[Event] = deque()
@@ -232,6 +247,11 @@ class ServerConnection:
                     self._deferred_error = chunk_error
                 else:
                     raise chunk_error
+            if len(self._out) > MAX_OUTPUT_BYTES:
+                raise RTMPError(
+                    f"{len(self._out)} bytes of replies wait for the peer to read them; the "
+                    f"limit is {MAX_OUTPUT_BYTES} (it sends requests without reading the answers)"
+                )
         except RTMPError as e:
             self._error = e
 
@@ -259,6 +279,8 @@ class ServerConnection:
         self._require_pending(stream_id)
         self._streams[stream_id] = _Stream.PUBLISHING
         self._publishing.add(stream_id)
+        self._reader.max_message_size = MAX_MESSAGE_SIZE
+        self._reader.max_pending = MAX_PENDING_BYTES
         self._send(CSID_CONTROL, UserControl.stream_begin(stream_id))
         self._on_status(stream_id, "status", "NetStream.Publish.Start", "Publishing started.")
         self._resume()
@@ -310,6 +332,8 @@ class ServerConnection:
         self._send(csid, CommandMessage(name, txn, obj, list(args)), stream_id)
 
     def _on_status(self, stream_id: int, level: str, code: str, description: str) -> None:
+        if len(description) > MAX_DESCRIPTION_LENGTH:
+            description = description[: MAX_DESCRIPTION_LENGTH - 3] + "..."
         self._reply(stream_id, "onStatus", 0.0, None, _status(level, code, description))
 
     def _handshake(self, data: bytes) -> bytes:
@@ -426,7 +450,7 @@ class ServerConnection:
             self._connect(cmd)
         elif not self._connected:
             if cmd.transaction_id:
-                self._call_failed(cmd, stream_id, f"{name!r} before connect")
+                self._call_failed(cmd, stream_id, f"{name[:MAX_ECHO_LENGTH]!r} before connect")
         elif name == "createStream":
             if len(self._streams) >= MAX_MESSAGE_STREAMS:
                 self._call_failed(
@@ -470,7 +494,7 @@ class ServerConnection:
         elif name in ("_result", "_error", "onStatus", "onBWDone", "_checkbw"):
             return
         elif cmd.transaction_id:
-            self._call_failed(cmd, stream_id, f"unknown command {name[:64]!r}")
+            self._call_failed(cmd, stream_id, f"unknown command {name[:MAX_ECHO_LENGTH]!r}")
 
     def _call_failed(self, cmd: CommandMessage, stream_id: int, description: str) -> None:
         self._reply(
@@ -504,6 +528,8 @@ class ServerConnection:
             encoding = 0.0
         self._connected = True
         self._app = app
+        self._reader.max_message_size = MAX_BYTES_BEFORE_PUBLISH
+        self._reader.max_pending = MAX_BYTES_BEFORE_PUBLISH
         self._send(CSID_CONTROL, WindowAckSize(self._window_ack_size))
         self._send(CSID_CONTROL, SetPeerBandwidth(self._peer_bandwidth, 2))
         self._send(CSID_CONTROL, SetChunkSize(self._chunk_size))

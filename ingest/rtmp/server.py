@@ -5,12 +5,31 @@ publish per connection. Timeouts: the handshake must complete within ``handshake
 a publish is accepted the first audio/video must arrive within ``first_media_timeout``; otherwise
 a connection that sends nothing for ``idle_timeout`` is closed (not while its publish is being
 decided). A malformed stream closes only its own connection, logged once on ``ingest.rtmp``.
+
+Admission, before anyone is authenticated (what one hostile client may hold):
+
+- ``admission_timeout``: from TCP accept until a publish is accepted, counted from the accept;
+  bytes do not extend it (a peer trickling a byte every few seconds still leaves on time).
+- ``max_connections_per_address`` open connections and ``max_pending_per_address`` publish
+  decisions per IPv4 address or IPv6 /64.
+- ``max_decisions`` publish decisions run at once (each may query the database); the others wait
+  in arrival order. The queue is bounded: one publish per connection, ``max_connections``
+  connections, and a waiting decision ends with its connection (admission timeout, or the peer
+  leaving: the socket is read while a decision is pending, so a peer that left is noticed and
+  its queued decision cancelled).
+- When all ``max_connections`` are taken, a new connection closes the oldest connection whose
+  publish is not accepted yet and that is older than ``eviction_age`` (a publisher mid-admission
+  is spared); if there is none, the new connection is refused.
+- Output back-pressure: a peer that lets more than ``max_write_buffer`` bytes of replies pile up
+  (it does not read) is closed. Memory per unauthenticated connection is bounded by the
+  sans-I/O connection (:data:`~ingest.rtmp.connection.MAX_BYTES_BEFORE_PUBLISH`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import random
 import socket
@@ -40,9 +59,15 @@ from .connection import (
 from .error import RTMPError
 
 HANDSHAKE_TIMEOUT = 10.0  # seconds from accept to a complete handshake
+ADMISSION_TIMEOUT = 10.0  # seconds from accept until a publish is accepted (bytes don't extend it)
 FIRST_MEDIA_TIMEOUT = 20.0  # seconds from publish accepted to the first audio/video message
 IDLE_TIMEOUT = 10.0  # seconds without any byte from the peer
 MAX_CONNECTIONS = 1000
+MAX_CONNECTIONS_PER_ADDRESS = 32  # open connections from one IPv4 address or IPv6 /64
+MAX_PENDING_PER_ADDRESS = 4  # publish decisions queued or running for one address
+MAX_DECISIONS = 4  # publish decisions running at once (below the database pool's 5 connections)
+EVICTION_AGE = 1.0  # seconds; a full server closes unadmitted connections at least this old
+MAX_WRITE_BUFFER = 64 * 1024  # bytes of replies the peer has not read; more closes it
 REJECT_DELAY = (0.2, 0.6)  # seconds, uniformly random, before a refused publish is answered
 
 log = logging.getLogger("ingest.rtmp")
@@ -86,6 +111,20 @@ def status_code(error: IngestError) -> str:
     return "NetStream.Publish.Failed"
 
 
+def address_key(host: str) -> str:
+    """What per-address limits count by: the IPv4 address (also when IPv4-mapped) or the IPv6
+    /64 (one subscriber's prefix); a host that is not an IP address counts as itself."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 class _Peer(asyncio.Protocol):
     """One TCP connection."""
 
@@ -95,14 +134,21 @@ class _Peer(asyncio.Protocol):
         self._conn = ServerConnection()
         self._transport: asyncio.Transport | None = None
         self.peer = "?"
+        self.address = "?"
+        self._registered = False
         self._session: PublishSession | None = None
-        self._authorizing = False
         self._publish_seen = False
+        self._decision: asyncio.Task[None] | None = None
+        self._deciding = False  # the handler is deciding (not cancelled when the peer leaves)
+        self._pending_counted = False
+        self._admitted = False
         self._awaiting_media = False
         self._closing = False
-        self._last_rx = self._loop.time()
+        self._opened = self._loop.time()
+        self._last_rx = self._opened
         self._timer: asyncio.TimerHandle | None = None
         self._media_timer: asyncio.TimerHandle | None = None
+        self._admission_timer: asyncio.TimerHandle | None = None
         self._key = ""
         self._close_reason: str | None = None
 
@@ -115,14 +161,9 @@ class _Peer(asyncio.Protocol):
         if isinstance(addr, tuple) and len(addr) >= 2:
             host = str(addr[0])
             self.peer = f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
+            self.address = address_key(host)
         server = self._server
-        if len(server._peers) >= server.max_connections:
-            log.warning(
-                "refusing %s: %d connections open (limit %d)",
-                self.peer,
-                len(server._peers),
-                server.max_connections,
-            )
+        if not server._admit(self):
             self._closing = True
             transport.abort()
             return
@@ -130,8 +171,11 @@ class _Peer(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        server._peers.add(self)
+        self._registered = True
         self._timer = self._loop.call_later(server.handshake_timeout, self._handshake_expired)
+        self._admission_timer = self._loop.call_later(
+            server.admission_timeout, self._admission_expired
+        )
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -179,7 +223,7 @@ class _Peer(asyncio.Protocol):
                         log.info("%s unpublished %s", self.peer, redact(self._key))
                         self._server._spawn(session.on_close(None))
                 elif isinstance(event, ConnectRequested):
-                    log.debug("%s connect app=%r", self.peer, event.app)
+                    log.debug("%s connect app=%r", self.peer, event.app[:64])
         except RTMPError as e:
             log.warning("closing %s: %s", self.peer, e)
             self._close(f"protocol error: {e}")
@@ -197,50 +241,83 @@ class _Peer(asyncio.Protocol):
             self._flush()
             return
         self._publish_seen = True
-        self._authorizing = True
         self._key = event.stream_key
-        assert self._transport is not None
-        self._transport.pause_reading()
-        self._server._spawn(self._authorize(event))
+        server = self._server
+        pending = server._pending.get(self.address, 0)
+        if pending >= server.max_pending_per_address:
+            description = (
+                f"{pending} publishes from your address await a decision (limit "
+                f"{server.max_pending_per_address}): retry once they are answered"
+            )
+            log.info("refusing publish from %s: %s", self.peer, description)
+            self._decision = server._spawn(
+                self._refuse(event, "NetStream.Publish.Failed", description)
+            )
+            return
+        server._pending[self.address] = pending + 1
+        self._pending_counted = True
+        self._decision = server._spawn(self._authorize(event))
+
+    def _release_pending(self) -> None:
+        if self._pending_counted:
+            self._pending_counted = False
+            self._server._release(self._server._pending, self.address)
 
     async def _authorize(self, event: PublishRequested) -> None:
+        server = self._server
         request = PublishRequest(event.app, event.stream_key, self.peer)
         try:
-            session = await self._server.handler.on_publish(request, self.disconnect)
+            try:
+                async with server._gate:
+                    if self._closing:  # left while queued
+                        return
+                    self._deciding = True
+                    try:
+                        session = await server.handler.on_publish(request, self.disconnect)
+                    finally:
+                        self._deciding = False
+            finally:
+                self._release_pending()
         except Exception as e:
             if isinstance(e, IngestError):
                 code, description = status_code(e), e.message
                 log.info(
                     "refusing publish from %s app=%r key=%s: %s",
                     self.peer,
-                    event.app,
+                    event.app[:64],
                     redact(event.stream_key),
                     description,
                 )
             else:
                 code, description = "NetStream.Publish.Failed", "Internal server error."
                 log.exception("publish handler failed for %s", self.peer)
-            await asyncio.sleep(random.uniform(*self._server.reject_delay))
-            if not self._closing:
-                self._conn.reject_publish(event.stream_id, code, description)
-                self._flush()
-                self._close(f"publish refused: {description}")
+            await self._refuse(event, code, description)
             return
-        self._authorizing = False
         if self._closing:
             await session.on_close(self._close_reason)
             return
         self._session = session
+        self._admitted = True
+        server._unadmitted.pop(self, None)
+        if self._admission_timer is not None:
+            self._admission_timer.cancel()
+            self._admission_timer = None
         log.info("%s publishing app=%r key=%s", self.peer, event.app, redact(event.stream_key))
         self._conn.accept_publish(event.stream_id)
         self._flush()
         self._awaiting_media = True
         self._media_timer = self._loop.call_later(
-            self._server.first_media_timeout, self._first_media_expired
+            server.first_media_timeout, self._first_media_expired
         )
-        assert self._transport is not None
-        self._transport.resume_reading()
-        self._process()
+        self._process()  # what arrived while the decision was pending
+
+    async def _refuse(self, event: PublishRequested, code: str, description: str) -> None:
+        """Answer a refused publish after a random delay (slows down guessing), then close."""
+        await asyncio.sleep(random.uniform(*self._server.reject_delay))
+        if not self._closing:
+            self._conn.reject_publish(event.stream_id, code, description)
+            self._flush()
+            self._close(f"publish refused: {description}")
 
     # -- timers ------------------------------------------------------------------------------
 
@@ -251,6 +328,13 @@ class _Peer(asyncio.Protocol):
             )
             self._close("handshake timeout")
 
+    def _admission_expired(self) -> None:
+        self._admission_timer = None
+        if not self._admitted:
+            timeout = self._server.admission_timeout
+            log.info("closing %s: no publish accepted %g s after connecting", self.peer, timeout)
+            self._close(f"admission timeout: no publish accepted within {timeout:g} s")
+
     def _schedule_idle(self, delay: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -258,7 +342,7 @@ class _Peer(asyncio.Protocol):
 
     def _idle_check(self) -> None:
         idle = self._server.idle_timeout
-        if self._authorizing or self._awaiting_media:
+        if (self._decision is not None and not self._admitted) or self._awaiting_media:
             self._schedule_idle(idle)
             return
         silent = self._loop.time() - self._last_rx
@@ -282,6 +366,16 @@ class _Peer(asyncio.Protocol):
 
     # -- closing -----------------------------------------------------------------------------
 
+    @property
+    def evictable(self) -> bool:
+        """Not admitted, not being decided, and old enough to be closed for a newcomer."""
+        return (
+            not self._admitted
+            and not self._deciding
+            and not self._closing
+            and self._loop.time() - self._opened >= self._server.eviction_age
+        )
+
     def disconnect(self, reason: str) -> None:
         """Close this connection at the application's request; the peer is told ``reason``."""
         if self._closing:
@@ -293,26 +387,58 @@ class _Peer(asyncio.Protocol):
 
     def _flush(self) -> None:
         out = self._conn.data_to_send()
-        if out and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(out)
+        transport = self._transport
+        if out and transport is not None and not transport.is_closing():
+            transport.write(out)
+            unsent = transport.get_write_buffer_size()
+            if unsent > self._server.max_write_buffer and not self._closing:
+                log.info(
+                    "closing %s: %d bytes of replies wait for it to read (limit %d)",
+                    self.peer,
+                    unsent,
+                    self._server.max_write_buffer,
+                )
+                self._close(
+                    f"the peer does not read: {unsent} bytes unsent, limit "
+                    f"{self._server.max_write_buffer}"
+                )
 
     def _close(self, reason: str, *, peer_gone: bool = False) -> None:
         if self._closing:
             return
         self._closing = True
         self._close_reason = reason
-        for timer in (self._timer, self._media_timer):
+        for timer in (self._timer, self._media_timer, self._admission_timer):
             if timer is not None:
                 timer.cancel()
         self._conn.close()
-        if not peer_gone and self._transport is not None:
-            self._transport.close()
-        self._server._peers.discard(self)
+        transport = self._transport
+        if not peer_gone and transport is not None:
+            if transport.get_write_buffer_size():
+                transport.abort()  # it does not read: close() would wait for it forever
+            else:
+                transport.close()
+        server = self._server
+        if self._registered:
+            self._registered = False
+            server._peers.discard(self)
+            server._unadmitted.pop(self, None)
+            server._release(server._by_address, self.address)
+        decision = self._decision
+        if (
+            decision is not None
+            and not self._deciding
+            and not decision.done()
+            and decision is not asyncio.current_task()
+        ):
+            decision.cancel()  # queued, or waiting to answer a refusal: nobody to answer
+        if not self._deciding:  # otherwise released when the handler returns
+            self._release_pending()
         session, self._session = self._session, None
         if session is not None:
             if peer_gone:
                 log.info("%s closed the connection while publishing", self.peer)
-            self._server._spawn(session.on_close(reason))
+            server._spawn(session.on_close(reason))
 
 
 class RTMPServer:
@@ -329,6 +455,12 @@ class RTMPServer:
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         first_media_timeout: float = FIRST_MEDIA_TIMEOUT,
         reject_delay: tuple[float, float] = REJECT_DELAY,
+        admission_timeout: float = ADMISSION_TIMEOUT,
+        max_connections_per_address: int = MAX_CONNECTIONS_PER_ADDRESS,
+        max_pending_per_address: int = MAX_PENDING_PER_ADDRESS,
+        max_decisions: int = MAX_DECISIONS,
+        eviction_age: float = EVICTION_AGE,
+        max_write_buffer: int = MAX_WRITE_BUFFER,
     ) -> None:
         self.handler = handler
         self.host = host
@@ -338,8 +470,18 @@ class RTMPServer:
         self.handshake_timeout = handshake_timeout
         self.first_media_timeout = first_media_timeout
         self.reject_delay = reject_delay
+        self.admission_timeout = admission_timeout
+        self.max_connections_per_address = max_connections_per_address
+        self.max_pending_per_address = max_pending_per_address
+        self.max_decisions = max_decisions
+        self.eviction_age = eviction_age
+        self.max_write_buffer = max_write_buffer
         self._server: asyncio.Server | None = None
         self._peers: set[_Peer] = set()
+        self._unadmitted: dict[_Peer, None] = {}  # oldest first
+        self._by_address: dict[str, int] = {}  # open connections per address_key
+        self._pending: dict[str, int] = {}  # publish decisions queued or running per address_key
+        self._gate = asyncio.Semaphore(max_decisions)
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -353,6 +495,54 @@ class RTMPServer:
     @property
     def connections(self) -> int:
         return len(self._peers)
+
+    @property
+    def pending_decisions(self) -> int:
+        """Publish decisions queued or running."""
+        return sum(self._pending.values())
+
+    def _admit(self, peer: _Peer) -> bool:
+        """Register a new connection, or say no (per-address limit; full and nothing to evict)."""
+        open_here = self._by_address.get(peer.address, 0)
+        if open_here >= self.max_connections_per_address:
+            log.warning(
+                "refusing %s: %d connections open from %s (limit %d)",
+                peer.peer,
+                open_here,
+                peer.address,
+                self.max_connections_per_address,
+            )
+            return False
+        if len(self._peers) >= self.max_connections:
+            victim = next((p for p in self._unadmitted if p.evictable), None)
+            if victim is None:
+                log.warning(
+                    "refusing %s: %d connections open (limit %d)",
+                    peer.peer,
+                    len(self._peers),
+                    self.max_connections,
+                )
+                return False
+            log.info(
+                "closing %s to make room for %s: %d connections open (limit %d)",
+                victim.peer,
+                peer.peer,
+                len(self._peers),
+                self.max_connections,
+            )
+            victim._close("the server is full; the oldest connection without a publish made room")
+        self._peers.add(peer)
+        self._unadmitted[peer] = None
+        self._by_address[peer.address] = open_here + 1
+        return True
+
+    @staticmethod
+    def _release(counts: dict[str, int], key: str) -> None:
+        n = counts.get(key, 0) - 1
+        if n > 0:
+            counts[key] = n
+        else:
+            counts.pop(key, None)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -371,10 +561,11 @@ class RTMPServer:
             await self._server.wait_closed()
             self._server = None
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
