@@ -162,6 +162,7 @@ class App:
         self.settings = settings
         self.creds = load_credentials(settings)
         self.store = Store(settings.resolved_database_url)
+        self._cors_origins = self.cors_origins()  # a bad value stops the server here
         self.bus = ev.EventBus()
         self.registry = CollectorRegistry()
         self.http_port = settings.http_port
@@ -255,7 +256,7 @@ class App:
             version=__version__,
             description="Stream Video compatible REST API (livestream subset) of the ingest server",
         )
-        install_error_handlers(api)
+        install_error_handlers(api, cors_origins=self._cors_origins)
         api.include_router(build_router(self.calls))
         api.include_router(build_whep_router(self.sfu, self.calls.authorize_whep))
         if self.signaling is not None:
@@ -281,6 +282,21 @@ class App:
         self._stopped = True
         if self.signaling is not None:
             await self.signaling.stop()
+    @property
+    def development(self) -> bool:
+        """No key and secret configured: they were generated into the data directory."""
+        return not (self.settings.api_key and self.settings.api_secret)
+
+    def cors_origins(self) -> list[str]:
+        """Browser origins allowed to call the API: configured, or any in development mode."""
+        origins = list(self.settings.cors_allowed_origins)
+        if "*" in origins and not self.development:
+            raise ConfigError(
+                "cors_allowed_origins may not contain '*' when api_key/api_secret are set "
+                "(production): list the origins of your web apps"
+            )
+        return origins or (["*"] if self.development else [])
+
         await self.sfu.stop()
         if self.rtmp is not None:
             await self.rtmp.stop()

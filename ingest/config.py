@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -31,6 +31,8 @@ DEFAULT_TOKEN_LEEWAY = 5  # seconds of clock skew tolerated on exp / iat
 DEFAULT_WEBHOOK_TIMEOUT = 5.0
 DEFAULT_WEBHOOK_MAX_ATTEMPTS = 3
 DEFAULT_WEBHOOK_QUEUE = 10_000
+DEFAULT_HTTP_REQUEST_TIMEOUT = 10.0  # accept / first byte -> request head and body complete
+DEFAULT_HTTP_KEEP_ALIVE_TIMEOUT = 5  # seconds an idle keep-alive HTTP connection stays open
 
 
 class Settings(BaseSettings):
@@ -64,6 +66,26 @@ class Settings(BaseSettings):
     webhook_queue: int = Field(DEFAULT_WEBHOOK_QUEUE, ge=1)
     rtmp_idle_timeout: float = Field(DEFAULT_RTMP_IDLE_TIMEOUT, gt=0, le=600)
     rtmp_max_connections: int = Field(DEFAULT_RTMP_MAX_CONNECTIONS, ge=1)
+    http_request_timeout: float = Field(
+        DEFAULT_HTTP_REQUEST_TIMEOUT,
+        gt=0,
+        le=600,
+        description="seconds a request's head and body may take to arrive (slow clients)",
+    )
+    http_keep_alive_timeout: int = Field(DEFAULT_HTTP_KEEP_ALIVE_TIMEOUT, ge=1, le=600)
+    cors_allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="origins whose pages may call /api/v2 from a browser (comma-separated in "
+        "INGEST_CORS_ALLOWED_ORIGINS); '*' is allowed in development mode only, where it is "
+        "the default",
+    )
+
+    @field_validator("cors_allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from ingest.app import App
+from ingest.client import AsyncClient, create_token
 from ingest.config import load
 
 API_KEY = "testkey"
@@ -50,3 +51,15 @@ async def app_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
 async def server(app_factory: Callable[..., Any]) -> App:
     app: App = await app_factory()
     return app
+
+
+def api(app: App, *, secret: str = API_SECRET, token: str | None = None) -> AsyncClient:
+    """Our own client for a running server: a server client, or a user's with ``token``."""
+    base = f"http://127.0.0.1:{app.http_port}"
+    if token is not None:
+        return AsyncClient(base, API_KEY, token=token)
+    return AsyncClient(base, API_KEY, secret=secret)
+
+
+def user_token(user_id: str, ttl: int = 3600) -> str:
+    return create_token(API_SECRET, user_id, ttl=ttl)

@@ -1,335 +1,502 @@
-"""Stream Video's server REST API (livestream subset) over FastAPI.
+"""The REST control plane under ``/api/v2`` (FastAPI), typed end to end by :mod:`.wire`.
 
-Every request carries ``?api_key=`` and ``Authorization: <JWT>`` (no ``Bearer``; accepted too).
-Errors come back in Stream's shape: ``{"code", "message", "StatusCode", "duration", ...}``.
+Every request carries ``?api_key=`` and ``Authorization: <JWT>`` (``Bearer `` accepted). Errors
+come back as :class:`~.wire.ErrorResponse` (``{"code", "message", "StatusCode", "duration",
+"retryable"}``) with a message that says what to fix; a body field of the wrong type, or one the
+API does not know, is a 400 that names it.
 """
 
-from __future__ import annotations
 
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from datetime import datetime
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import AuthenticationError, IngestError, InputError, NotFoundError
 from . import responses as R
+from . import wire as w
+from .models import Call, CallType
 from .service import Caller, CallService
 
 log = logging.getLogger("ingest.api")
 
-MAX_BODY_BYTES = 1024 * 1024
-PYTHON_SDK_CLIENT_PREFIX = "stream-python-client"
+API_PREFIX = "/api/v2"
+MAX_BODY_BYTES = 1024 * 1024  # request bodies of /api/v2, checked while they stream in
+CORS_MAX_AGE = 600  # seconds a browser may cache a preflight answer
+
+M = TypeVar("M", bound=w.Response)
 
 
-def _duration(request: Request) -> str:
-    started = getattr(request.state, "started", None)
+def _duration(request: Request | None) -> str:
+    started = getattr(request.state, "started", None) if request is not None else None
     ms = (time.perf_counter() - started) * 1000 if started else 0.0
     return f"{ms:.2f}ms"
 
 
-def _encoder(ns_times: bool) -> Callable[[Any], Any]:
-    def default(o: Any) -> Any:
-        if isinstance(o, datetime):
-            if ns_times:
-                return int(o.timestamp() * 1_000_000) * 1000
-            return o.isoformat().replace("+00:00", "Z")
-        raise TypeError(f"cannot encode {type(o).__name__}")
-
-    return default
+def done(request: Request, model: M) -> M:
+    """Stamp a response model with the time the request took."""
+    model.duration = _duration(request)
+    return model
 
 
-class StreamJSONResponse(JSONResponse):
-    """JSON with times in the form the client reads (see module docstring of responses)."""
-
-    ns_times = False
-
-    def __init__(self, content: Any, status_code: int = 200, *, ns_times: bool = False) -> None:
-        self.ns_times = ns_times
-        super().__init__(content, status_code)
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, default=_encoder(self.ns_times), separators=(",", ":")).encode()
+def error_response(request: Request | None, err: IngestError) -> JSONResponse:
+    body = w.ErrorResponse(
+        code=err.code,
+        message=err.message,
+        StatusCode=err.status,
+        duration=_duration(request),
+        retryable=err.retryable,
+    )
+    return JSONResponse(body.model_dump(mode="json"), err.status)
 
 
-def reply(request: Request, body: dict[str, Any], status: int = 200) -> StreamJSONResponse:
-    body.setdefault("duration", _duration(request))
-    client = request.headers.get("x-stream-client", "")
-    return StreamJSONResponse(body, status, ns_times=client.startswith(PYTHON_SDK_CLIENT_PREFIX))
-
-
-def error_body(request: Request, err: IngestError) -> dict[str, Any]:
-    return {
-        "code": err.code,
-        "message": err.message,
-        "StatusCode": err.status,
-        "duration": _duration(request),
-        "more_info": "",
-        "exception_fields": {},
-        "details": [],
-        "unrecoverable": not err.retryable,
-    }
-
-
-async def _json_body(request: Request) -> dict[str, Any]:
-    too_big = InputError(f"request body is larger than {MAX_BODY_BYTES} bytes")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise too_big
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():  # never buffer more than the limit
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise too_big
-        chunks.append(chunk)
-    raw = b"".join(chunks)
-    if not raw.strip():
-        return {}
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise InputError(f"request body is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise InputError("request body must be a JSON object")
-    return data
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": w.ErrorResponse, "description": what}
+    for status, what in (
+        (400, "The request is malformed: the message names the field and what to send."),
+        (401, "The token is missing, invalid, expired or revoked."),
+        (403, "The caller may not do this in this call."),
+        (404, "No such call, call type or user."),
+        (413, f"The body is larger than {MAX_BODY_BYTES} bytes."),
+    )
+}
 
 
 def build_router(svc: CallService) -> APIRouter:
-    router = APIRouter(prefix="/api/v2")
+    router = APIRouter(prefix=API_PREFIX, responses=ERRORS)
 
-    async def caller_of(request: Request) -> Caller:
-        key = request.query_params.get("api_key")
-        if not key:
+    async def caller_of(
+        api_key: Annotated[
+            str | None, Query(description="This server's API key (printed at start).")
+        ] = None,
+        authorization: Annotated[
+            str | None,
+            Header(description="A JWT: a server token, or a user token ('Bearer ' accepted)."),
+        ] = None,
+    ) -> Caller:
+        if not api_key:
             raise AuthenticationError("api_key query parameter is missing: add ?api_key=<your key>")
-        if key != svc.api_key:
+        if api_key != svc.api_key:
             raise AuthenticationError(
-                f"api_key '{key}' is not this server's key: use the key printed at start"
+                f"api_key '{api_key[:64]}' is not this server's key: use the key printed at start"
             )
-        token = request.headers.get("authorization", "")
+        token = authorization or ""
         if token.lower().startswith("bearer "):
             token = token[7:]
-        auth_type = request.headers.get("stream-auth-type", "jwt")
-        if auth_type != "jwt":
-            raise AuthenticationError(
-                f"stream-auth-type '{auth_type}' is not supported: send a JWT with "
-                "'stream-auth-type: jwt'"
-            )
         return await svc.authenticate(token)
 
-    Handler = Callable[[Request, Caller], Awaitable[dict[str, Any]]]
+    Auth = Annotated[Caller, Depends(caller_of)]
+    CallType_ = Annotated[str, Path(description="The call type, e.g. livestream.")]
+    CallId = Annotated[str, Path(description="The call id.")]
+    MembersLimit = Annotated[
+        int | None,
+        Query(ge=1, le=w.MAX_QUERY_LIMIT, description="At most this many members."),
+    ]
 
-    def route(method: str, path: str, status: int = 200) -> Callable[[Handler], Handler]:
-        def deco(fn: Handler) -> Handler:
-            async def endpoint(request: Request) -> Response:
-                caller = await caller_of(request)
-                return reply(request, await fn(request, caller), status)
-
-            endpoint.__name__ = fn.__name__
-            endpoint.__doc__ = fn.__doc__
-            router.add_api_route(path, endpoint, methods=[method], name=fn.__name__)
-            return fn
-
-        return deco
+    async def full_call(
+        request: Request, caller: Caller, call: Call, ct: CallType, limit: int | None = None
+    ) -> w.GetCallResponse:
+        members = await svc.store.list_members(call.cid, limit)
+        return done(
+            request,
+            w.GetCallResponse(
+                call=await R.call(svc, call, ct),
+                members=await R.members(svc, members),
+                own_capabilities=await svc.capabilities_of(caller, call, ct),
+            ),
+        )
 
     # --- users -----------------------------------------------------------------------------
 
-    @route("POST", "/users")
-    async def update_users(request: Request, caller: Caller) -> dict[str, Any]:
-        """Create or replace users (UpdateUsersRequest)."""
-        users = await svc.upsert_users(caller, await _json_body(request))
-        return {
-            "users": {uid: R.user_json(u) for uid, u in users.items()},
-            "membership_deletion_task_id": "",
-        }
+    @router.post("/users")
+    async def update_users(
+        request: Request, body: w.UpdateUsersRequest, caller: Auth
+    ) -> w.UpdateUsersResponse:
+        """Create or replace users."""
+        users = await svc.upsert_users(caller, body)
+        return done(request, w.UpdateUsersResponse(users={i: R.user(u) for i, u in users.items()}))
 
-    @route("PATCH", "/users")
-    async def update_users_partial(request: Request, caller: Caller) -> dict[str, Any]:
+    @router.patch("/users")
+    async def update_users_partial(
+        request: Request, body: w.UpdateUsersPartialRequest, caller: Auth
+    ) -> w.UpdateUsersResponse:
         """Set / unset fields of users, including revoke_tokens_issued_before."""
-        users = await svc.update_users_partial(caller, await _json_body(request))
-        return {"users": {uid: R.user_json(u) for uid, u in users.items()}}
+        users = await svc.update_users_partial(caller, body)
+        return done(request, w.UpdateUsersResponse(users={i: R.user(u) for i, u in users.items()}))
 
     # --- call types ------------------------------------------------------------------------
 
-    @route("GET", "/video/calltypes")
-    async def list_call_types(request: Request, caller: Caller) -> dict[str, Any]:
+    @router.get("/video/calltypes")
+    async def list_call_types(request: Request, caller: Auth) -> w.ListCallTypesResponse:
         """All call types with their grants and settings."""
         types = await svc.store.list_call_types()
-        return {"call_types": {t.name: R.call_type_json(t) for t in types}}
-
-    @route("POST", "/video/calltypes")
-    async def create_call_type(request: Request, caller: Caller) -> dict[str, Any]:
-        """Create a call type with role grants."""
-        ct = await svc.save_call_type(caller, await _json_body(request), create=True)
-        return R.call_type_json(ct)
-
-    @route("GET", "/video/calltypes/{name}")
-    async def get_call_type(request: Request, caller: Caller) -> dict[str, Any]:
-        """One call type."""
-        return R.call_type_json(await svc.get_call_type(request.path_params["name"]))
-
-    @route("PUT", "/video/calltypes/{name}")
-    async def update_call_type(request: Request, caller: Caller) -> dict[str, Any]:
-        """Change a call type's grants or settings."""
-        ct = await svc.save_call_type(
-            caller, await _json_body(request), request.path_params["name"], create=False
+        return done(
+            request, w.ListCallTypesResponse(call_types={t.name: R.call_type(t) for t in types})
         )
-        return R.call_type_json(ct)
 
-    @route("DELETE", "/video/calltypes/{name}")
-    async def delete_call_type(request: Request, caller: Caller) -> dict[str, Any]:
+    @router.post("/video/calltypes", status_code=201)
+    async def create_call_type(
+        request: Request, body: w.CreateCallTypeRequest, caller: Auth
+    ) -> w.CallTypeResponse:
+        """Create a call type with role grants."""
+        ct = await svc.save_call_type(caller, body.name, body.grants, body.settings, create=True)
+        return done(request, R.call_type(ct))
+
+    @router.get("/video/calltypes/{name}")
+    async def get_call_type(request: Request, name: str, caller: Auth) -> w.CallTypeResponse:
+        """One call type."""
+        return done(request, R.call_type(await svc.get_call_type(name)))
+
+    @router.put("/video/calltypes/{name}")
+    async def update_call_type(
+        request: Request, name: str, body: w.UpdateCallTypeRequest, caller: Auth
+    ) -> w.CallTypeResponse:
+        """Change a call type's grants or settings."""
+        ct = await svc.save_call_type(caller, name, body.grants, body.settings, create=False)
+        return done(request, R.call_type(ct))
+
+    @router.delete("/video/calltypes/{name}")
+    async def delete_call_type(request: Request, name: str, caller: Auth) -> w.EmptyResponse:
         """Delete a custom call type that has no calls."""
-        await svc.delete_call_type(caller, request.path_params["name"])
-        return {}
+        await svc.delete_call_type(caller, name)
+        return done(request, w.EmptyResponse())
 
     # --- calls -----------------------------------------------------------------------------
 
-    async def full_call(
-        caller: Caller, call: Any, ct: Any, limit: int | None = None
-    ) -> dict[str, Any]:
-        members = await svc.store.list_members(call.cid, limit)
-        return {
-            "call": await R.call_json(svc, call, ct),
-            "members": await R.members_json(svc, members),
-            "own_capabilities": await svc.capabilities_of(caller, call, ct),
-            "blocked_users": [],
-        }
-
-    def path_call(request: Request) -> tuple[str, str]:
-        return request.path_params["type"], request.path_params["id"]
-
-    @route("GET", "/video/call/{type}/{id}")
-    async def get_call(request: Request, caller: Caller) -> dict[str, Any]:
+    @router.get("/video/call/{call_type}/{call_id}")
+    async def get_call(
+        request: Request,
+        call_type: CallType_,
+        call_id: CallId,
+        caller: Auth,
+        members_limit: MembersLimit = None,
+    ) -> w.GetCallResponse:
         """A call with its members and the caller's capabilities."""
-        call, ct = await svc.get_call(caller, *path_call(request))
-        limit = request.query_params.get("members_limit")
-        return await full_call(caller, call, ct, int(limit) if limit and limit.isdigit() else None)
+        call, ct = await svc.get_call(caller, call_type, call_id)
+        return await full_call(request, caller, call, ct, members_limit)
 
-    @route("POST", "/video/call/{type}/{id}")
-    async def get_or_create_call(request: Request, caller: Caller) -> dict[str, Any]:
+    @router.post("/video/call/{call_type}/{call_id}")
+    async def get_or_create_call(
+        request: Request,
+        call_type: CallType_,
+        call_id: CallId,
+        caller: Auth,
+        body: w.GetOrCreateCallRequest | None = None,
+    ) -> w.GetOrCreateCallResponse:
         """Get a call, creating it (with members and settings_override) when it is new."""
-        body = await _json_body(request)
-        call, ct, created = await svc.get_or_create_call(caller, *path_call(request), body)
-        limit = body.get("members_limit")
-        out = await full_call(caller, call, ct, limit if isinstance(limit, int) else None)
-        out["created"] = created
-        return out
+        body = body or w.GetOrCreateCallRequest()
+        call, ct, created = await svc.get_or_create_call(caller, call_type, call_id, body)
+        full = await full_call(request, caller, call, ct, body.members_limit)
+        return w.GetOrCreateCallResponse(**dict(full), created=created)
 
-    @route("PATCH", "/video/call/{type}/{id}")
-    async def update_call(request: Request, caller: Caller) -> dict[str, Any]:
+    @router.patch("/video/call/{call_type}/{call_id}")
+    async def update_call(
+        request: Request,
+        call_type: CallType_,
+        call_id: CallId,
+        body: w.UpdateCallRequest,
+        caller: Auth,
+    ) -> w.GetCallResponse:
         """Update custom data, starts_at or settings_override."""
-        call, ct = await svc.update_call(caller, *path_call(request), await _json_body(request))
-        return await full_call(caller, call, ct)
+        call, ct = await svc.update_call(caller, call_type, call_id, body)
+        return await full_call(request, caller, call, ct)
 
-    @route("POST", "/video/call/{type}/{id}/go_live")
-    async def go_live(request: Request, caller: Caller) -> dict[str, Any]:
-        """Leave backstage: viewers may join; HLS / recording flags are recorded."""
-        call, ct = await svc.go_live(caller, *path_call(request), await _json_body(request))
-        return {"call": await R.call_json(svc, call, ct)}
+    @router.post("/video/call/{call_type}/{call_id}/go_live")
+    async def go_live(
+        request: Request,
+        call_type: CallType_,
+        call_id: CallId,
+        caller: Auth,
+        body: w.GoLiveRequest | None = None,
+    ) -> w.CallStateResponse:
+        """Leave backstage: viewers may join; optionally start HLS and recording."""
+        call, ct = await svc.go_live(caller, call_type, call_id, body or w.GoLiveRequest())
+        return done(request, w.CallStateResponse(call=await R.call(svc, call, ct)))
 
-    @route("POST", "/video/call/{type}/{id}/stop_live")
-    async def stop_live(request: Request, caller: Caller) -> dict[str, Any]:
-        """Back to backstage."""
-        call, ct = await svc.stop_live(caller, *path_call(request), await _json_body(request))
-        return {"call": await R.call_json(svc, call, ct)}
+    @router.post("/video/call/{call_type}/{call_id}/stop_live")
+    async def stop_live(
+        request: Request,
+        call_type: CallType_,
+        call_id: CallId,
+        caller: Auth,
+        body: w.StopLiveRequest | None = None,
+    ) -> w.CallStateResponse:
+        """Back to backstage; HLS and recording stop unless asked to continue."""
+        call, ct = await svc.stop_live(caller, call_type, call_id, body or w.StopLiveRequest())
+        return done(request, w.CallStateResponse(call=await R.call(svc, call, ct)))
 
-    @route("POST", "/video/call/{type}/{id}/mark_ended")
-    async def end_call(request: Request, caller: Caller) -> dict[str, Any]:
+    @router.post("/video/call/{call_type}/{call_id}/mark_ended")
+    async def end_call(
+        request: Request, call_type: CallType_, call_id: CallId, caller: Auth
+    ) -> w.EmptyResponse:
         """End the call's session: every participant is disconnected."""
-        await svc.end_call(caller, *path_call(request))
-        return {}
+        await svc.end_call(caller, call_type, call_id)
+        return done(request, w.EmptyResponse())
 
-    @route("POST", "/video/call/{type}/{id}/members")
-    async def update_call_members(request: Request, caller: Caller) -> dict[str, Any]:
+    @router.post("/video/call/{call_type}/{call_id}/members")
+    async def update_call_members(
+        request: Request,
+        call_type: CallType_,
+        call_id: CallId,
+        body: w.UpdateCallMembersRequest,
+        caller: Auth,
+    ) -> w.MembersResponse:
         """Add, change or remove members."""
-        changed = await svc.update_members(caller, *path_call(request), await _json_body(request))
-        return {"members": await R.members_json(svc, changed)}
+        changed = await svc.update_members(caller, call_type, call_id, body)
+        return done(request, w.MembersResponse(members=await R.members(svc, changed)))
 
-    @route("POST", "/video/call/members")
-    async def query_call_members(request: Request, caller: Caller) -> dict[str, Any]:
-        """Members of the call named by ``type`` and ``id`` in the body (no filters yet)."""
-        body = await _json_body(request)
-        call_type, call_id = body.get("type"), body.get("id")
-        if not isinstance(call_type, str) or not isinstance(call_id, str):
-            raise InputError('give the call as {"type": "<call type>", "id": "<call id>"}')
-        if body.get("filter_conditions"):
-            raise InputError("filter_conditions are not supported: leave them out")
-        call, _ = await svc.get_call(caller, call_type, call_id)
-        members = await svc.store.list_members(call.cid, body.get("limit") or None)
-        return {"members": await R.members_json(svc, members)}
+    @router.post("/video/call/members")
+    async def query_call_members(
+        request: Request, body: w.QueryCallMembersRequest, caller: Auth
+    ) -> w.MembersResponse:
+        """Members of the call named by ``type`` and ``id`` in the body."""
+        call, _ = await svc.get_call(caller, body.type, body.id)
+        members = await svc.store.list_members(call.cid, body.limit)
+        return done(request, w.MembersResponse(members=await R.members(svc, members)))
 
-    @route("POST", "/video/call/{type}/{id}/event")
-    async def send_call_event(request: Request, caller: Caller) -> dict[str, Any]:
+    @router.post("/video/call/{call_type}/{call_id}/event", status_code=201)
+    async def send_call_event(
+        request: Request,
+        call_type: CallType_,
+        call_id: CallId,
+        body: w.SendCallEventRequest,
+        caller: Auth,
+    ) -> w.SendCallEventResponse:
         """A custom event to everyone in the call (and the webhook)."""
-        event = await svc.send_event(caller, *path_call(request), await _json_body(request))
-        return {"event": event}
+        event = await svc.send_event(caller, call_type, call_id, body)
+        return done(
+            request,
+            w.SendCallEventResponse(event=w.CustomEventResponse.model_validate(event)),
+        )
 
-    @route("POST", "/video/call/{type}/{id}/reaction")
-    async def send_video_reaction(request: Request, caller: Caller) -> dict[str, Any]:
+    @router.post("/video/call/{call_type}/{call_id}/reaction", status_code=201)
+    async def send_video_reaction(
+        request: Request,
+        call_type: CallType_,
+        call_id: CallId,
+        body: w.SendReactionRequest,
+        caller: Auth,
+    ) -> w.SendReactionResponse:
         """A reaction (like, fireworks, ...) to everyone in the call."""
-        reaction = await svc.send_reaction(caller, *path_call(request), await _json_body(request))
-        return {"reaction": reaction}
+        reaction = await svc.send_reaction(caller, call_type, call_id, body)
+        return done(
+            request, w.SendReactionResponse(reaction=w.ReactionResponse.model_validate(reaction))
+        )
 
-    @route("POST", "/video/call/{type}/{id}/kick")
-    async def kick_user(request: Request, caller: Caller) -> dict[str, Any]:
-        """Disconnect a participant (an RTMP publisher's connection is closed)."""
-        await svc.kick(caller, *path_call(request), await _json_body(request))
-        return {}
+    @router.post("/video/call/{call_type}/{call_id}/kick")
+    async def kick_user(
+        request: Request,
+        call_type: CallType_,
+        call_id: CallId,
+        body: w.KickUserRequest,
+        caller: Auth,
+    ) -> w.KickUserResponse:
+        """End every session of a user in the call (publishing and watching)."""
+        kicked = await svc.kick(caller, call_type, call_id, body)
+        return done(request, w.KickUserResponse(kicked=kicked))
 
-    async def participants(request: Request, caller: Caller) -> dict[str, Any]:
-        call, ct = await svc.get_call(caller, *path_call(request))
-        live = svc.list_participants(call.cid)
-        users = await svc.store.get_users(sorted({p.user_id for p in live}))
-        parts = [R.participant_json(p, users.get(p.user_id)) for p in live]
-        for p, j in zip(live, parts, strict=True):
-            if p.health is not None:
-                j["health"] = p.health()
-        out = await full_call(caller, call, ct)
-        out.update({"participants": parts, "total_participants": len(parts)})
-        return out
+    async def participants(
+        request: Request, caller: Caller, call_type: str, call_id: str
+    ) -> w.ParticipantsResponse:
+        call, ct = await svc.get_call(caller, call_type, call_id)
+        parts = await R.participants(svc, call.cid, health=True)
+        full = await full_call(request, caller, call, ct)
+        return w.ParticipantsResponse(
+            **dict(full), participants=parts, total_participants=len(parts)
+        )
 
-    route("POST", "/video/call/{type}/{id}/participants")(participants)
-    route("GET", "/video/call/{type}/{id}/participants")(participants)
+    @router.get("/video/call/{call_type}/{call_id}/participants")
+    async def get_call_participants(
+        request: Request, call_type: CallType_, call_id: CallId, caller: Auth
+    ) -> w.ParticipantsResponse:
+        """Live participants of every protocol, with their health."""
+        return await participants(request, caller, call_type, call_id)
 
-    @route("POST", "/video/call/{type}/{id}/start_broadcasting")
-    async def start_hls_broadcasting(request: Request, caller: Caller) -> dict[str, Any]:
-        """Ask for HLS (recorded as intent until the HLS sink exists)."""
-        await svc.set_intent(caller, *path_call(request), "hls", True)
-        return {"playlist_url": ""}
+    @router.post("/video/call/{call_type}/{call_id}/participants")
+    async def query_call_participants(
+        request: Request,
+        call_type: CallType_,
+        call_id: CallId,
+        caller: Auth,
+        body: w.QueryParticipantsRequest | None = None,
+    ) -> w.ParticipantsResponse:
+        """The same as GET (for clients that query with a body)."""
+        return await participants(request, caller, call_type, call_id)
 
-    @route("POST", "/video/call/{type}/{id}/stop_broadcasting")
-    async def stop_hls_broadcasting(request: Request, caller: Caller) -> dict[str, Any]:
+    @router.post("/video/call/{call_type}/{call_id}/start_broadcasting")
+    async def start_hls_broadcasting(
+        request: Request, call_type: CallType_, call_id: CallId, caller: Auth
+    ) -> w.StartBroadcastingResponse:
+        """Start HLS."""
+        call, ct = await svc.set_intent(caller, call_type, call_id, "hls", True)
+        resp = await R.call(svc, call, ct)
+        return done(request, w.StartBroadcastingResponse(playlist_url=resp.egress.hls.playlist_url))
+
+    @router.post("/video/call/{call_type}/{call_id}/stop_broadcasting")
+    async def stop_hls_broadcasting(
+        request: Request, call_type: CallType_, call_id: CallId, caller: Auth
+    ) -> w.EmptyResponse:
         """Stop HLS."""
-        await svc.set_intent(caller, *path_call(request), "hls", False)
-        return {}
+        await svc.set_intent(caller, call_type, call_id, "hls", False)
+        return done(request, w.EmptyResponse())
 
-    async def start_rec(request: Request, caller: Caller) -> dict[str, Any]:
-        await svc.set_intent(caller, *path_call(request), "recording", True)
-        return {}
+    @router.post("/video/call/{call_type}/{call_id}/recordings/{recording_type}/start")
+    async def start_recording(
+        request: Request,
+        call_type: CallType_,
+        call_id: CallId,
+        recording_type: str,
+        caller: Auth,
+        body: w.StartRecordingRequest | None = None,
+    ) -> w.EmptyResponse:
+        """Start recording the call (``recording_type``: composite)."""
+        await svc.set_intent(caller, call_type, call_id, "recording", True)
+        return done(request, w.EmptyResponse())
 
-    async def stop_rec(request: Request, caller: Caller) -> dict[str, Any]:
-        await svc.set_intent(caller, *path_call(request), "recording", False)
-        return {}
+    @router.post("/video/call/{call_type}/{call_id}/recordings/{recording_type}/stop")
+    async def stop_recording(
+        request: Request,
+        call_type: CallType_,
+        call_id: CallId,
+        recording_type: str,
+        caller: Auth,
+    ) -> w.EmptyResponse:
+        """Stop recording."""
+        await svc.set_intent(caller, call_type, call_id, "recording", False)
+        return done(request, w.EmptyResponse())
 
-    route("POST", "/video/call/{type}/{id}/recordings/{rtype}/start")(start_rec)
-    route("POST", "/video/call/{type}/{id}/recordings/{rtype}/stop")(stop_rec)
-
-    @route("GET", "/video/call/{type}/{id}/recordings")
-    async def list_recordings(request: Request, caller: Caller) -> dict[str, Any]:
-        """Recordings of the call (none until the recording sink is built)."""
-        await svc.get_call(caller, *path_call(request))
-        return {"recordings": []}
+    @router.get("/video/call/{call_type}/{call_id}/recordings")
+    async def list_recordings(
+        request: Request, call_type: CallType_, call_id: CallId, caller: Auth
+    ) -> w.ListRecordingsResponse:
+        """Recordings of the call."""
+        await svc.get_call(caller, call_type, call_id)
+        return done(request, w.ListRecordingsResponse(recordings=[]))
 
     return router
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def _field_path(loc: Sequence[Any]) -> str:
+    """``("body", "data", "members", 0, "role")`` → ``data.members[0].role``."""
+    out = ""
+    for part in loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def validation_message(errors: Sequence[Any]) -> str:
+    """Each problem with the field it concerns, in words a developer can act on."""
+    parts: list[str] = []
+    for e in errors[:5]:
+        loc = e.get("loc") or ()
+        where = loc[0] if loc else "body"
+        field = _field_path(loc)
+        kind = e.get("type", "")
+        if kind == "extra_forbidden":
+            parts.append(f"unknown field '{field}': remove it (see /openapi.json)")
+        elif kind == "missing":
+            parts.append(f"'{field}' is required")
+        elif kind in ("json_invalid", "model_attributes_type") or not field:
+            parts.append(f"{where}: {e.get('msg')}")
+        else:
+            got = e.get("input")
+            shown = json.dumps(got)[:40] if _jsonable(got) else type(got).__name__
+            parts.append(f"'{field}' ({where}): {e.get('msg')} (got {shown})")
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "invalid request: " + "; ".join(parts) + more
+
+
+def _jsonable(v: Any) -> bool:
+    try:
+        json.dumps(v)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+class BodyLimit:
+    """Refuse an ``/api/v2`` body over ``limit`` bytes by its Content-Length, else as soon as
+    that many bytes have streamed in: never buffer more than the limit."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(API_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        too_big = InputError(f"request body is larger than {self.limit} bytes: send less")
+        too_big.status = 413
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await error_response(None, too_big)(scope, receive, send)
+                return
+        seen = 0
+        refused = False
+
+        async def counted() -> Message:
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    # Answer now and tell the app the client left: nothing more is read.
+                    refused = True
+                    await error_response(None, too_big)(scope, receive, send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded(message: Message) -> None:
+            if not refused:
+                await send(message)
+
+        try:
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if not refused:
+                raise
+
+
+class ApiCors:
+    """CORS for ``/api/v2`` only (WHIP/WHEP answer their own preflights)."""
+
+    def __init__(self, app: ASGIApp, origins: list[str]) -> None:
+        self.app = app
+        self.cors = CORSMiddleware(
+            app,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=CORS_MAX_AGE,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(API_PREFIX):
+            await self.cors(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def install_error_handlers(app: FastAPI, *, cors_origins: list[str] | None = None) -> None:
+    """Error shapes, request timing, the body limit and CORS for the API."""
+    app.add_middleware(BodyLimit)
+    if cors_origins:
+        app.add_middleware(ApiCors, origins=cors_origins)
+
     @app.middleware("http")
     async def timing(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
@@ -339,7 +506,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(IngestError)
     async def ingest_error(request: Request, exc: IngestError) -> Response:
-        return reply(request, error_body(request, exc), exc.status)
+        return error_response(request, exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -353,15 +520,14 @@ def install_error_handlers(app: FastAPI) -> None:
         else:
             err = InputError(str(exc.detail))
             err.status = exc.status_code
-        return reply(request, error_body(request, err), err.status)
+        return error_response(request, err)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         err = IngestError(f"internal error ({type(exc).__name__}); the server log has details")
-        return reply(request, error_body(request, err), 500)
+        return error_response(request, err)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
-        err = InputError(f"invalid request: {exc.errors()[0].get('msg', exc)}")
-        return reply(request, error_body(request, err), err.status)
+        return error_response(request, InputError(validation_message(exc.errors())))

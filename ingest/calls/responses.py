@@ -1,154 +1,127 @@
-"""Stream-shaped JSON for the records (CallResponse, MemberResponse, UserResponse, ...).
+"""Records and live state → the response models of :mod:`ingest.calls.wire`.
 
-Values stay Python objects (datetimes included); the API's encoder decides the wire form of
-times, because Stream's Python SDK reads unix nanoseconds and everything else reads RFC 3339.
+The wire shape lives in ``wire``; these functions only fill it from the store's records, the
+live participants and the egress state.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from . import wire as w
 from .models import Call, CallSession, CallType, Member, User
 from .service import CallService, Participant
 
 
-def user_json(user: User | None, user_id: str | None = None) -> dict[str, Any]:
-    if user is None:
-        user = User(id=user_id or "")
-    return {
-        "id": user.id,
-        "name": user.name,
-        "image": user.image,
-        "role": user.role,
-        "custom": user.custom,
-        "created_at": user.created_at,
-        "updated_at": user.updated_at,
-        "revoke_tokens_issued_before": user.revoke_tokens_issued_before,
-        "deactivated_at": user.deactivated_at,
-        "banned": False,
-        "online": False,
-        "invisible": False,
-        "shadow_banned": False,
-        "language": "",
-        "teams": [],
-        "blocked_user_ids": [],
-    }
-
-
-def member_json(m: Member, user: User | None) -> dict[str, Any]:
-    return {
-        "user_id": m.user_id,
-        "user": user_json(user, m.user_id),
-        "role": m.role,
-        "custom": m.custom,
-        "created_at": m.created_at,
-        "updated_at": m.updated_at,
-    }
-
-
-def call_type_json(ct: CallType) -> dict[str, Any]:
-    return {
-        "name": ct.name,
-        "grants": ct.grants,
-        "settings": ct.settings,
-        "notification_settings": {},
-        "created_at": ct.created_at,
-        "updated_at": ct.updated_at,
-    }
-
-
-def participant_json(p: Participant, user: User | None) -> dict[str, Any]:
-    return {
-        "user": user_json(user, p.user_id),
-        "user_session_id": p.session_id,
-        "role": p.role,
-        "joined_at": p.joined_at,
-        "source": p.source,
-    }
-
-
-def settings_json(settings: dict[str, Any], call: Call) -> dict[str, Any]:
-    backstage = settings.get("backstage", {})
-    return {
-        **settings,
-        "backstage": {
-            "enabled": bool(backstage.get("enabled")),
-            "join_ahead_time_seconds": int(backstage.get("join_ahead_time_seconds") or 0),
-        },
-        "broadcasting": {
-            "enabled": True,
-            "hls": {"enabled": True, "auto_on": False, "quality_tracks": ["original"]},
-            "rtmp": {"enabled": False},
-        },
-        "recording": {"mode": "available", "quality": "original", "audio_only": False},
-        "ingress": {"enabled": True},
-    }
-
-
-async def call_json(
-    svc: CallService, call: Call, ct: CallType, session: CallSession | None = None
-) -> dict[str, Any]:
-    creator = await svc.store.get_user(call.created_by_id)
-    if session is None and call.current_session_id:
-        session = await svc.store.get_session(call.current_session_id)
-    settings = svc.effective_settings(call, ct)
-    hls = (
-        {"playlist_url": "", "status": "requested"}
-        if call.hls
-        else {"playlist_url": "", "status": "stopped"}
+def user(u: User | None, user_id: str | None = None) -> w.UserResponse:
+    if u is None:
+        return w.UserResponse(id=user_id or "")
+    return w.UserResponse(
+        id=u.id,
+        name=u.name,
+        image=u.image,
+        role=u.role,
+        custom=u.custom,
+        created_at=u.created_at,
+        updated_at=u.updated_at,
+        revoke_tokens_issued_before=u.revoke_tokens_issued_before,
+        deactivated_at=u.deactivated_at,
     )
-    return {
-        "cid": call.cid,
-        "id": call.id,
-        "type": call.type,
-        "created_at": call.created_at,
-        "updated_at": call.updated_at,
-        "created_by": user_json(creator, call.created_by_id),
-        "custom": call.custom,
-        "backstage": call.backstage,
-        "recording": call.recording,
-        "transcribing": False,
-        "captioning": False,
-        "translating": False,
-        "blocked_user_ids": [],
-        "current_session_id": call.current_session_id,
-        "starts_at": call.starts_at,
-        "ended_at": call.ended_at,
-        "join_ahead_time_seconds": int(
-            settings.get("backstage", {}).get("join_ahead_time_seconds") or 0
-        ),
-        "settings": settings_json(settings, call),
-        "ingress": {
-            "rtmp": {"address": svc.rtmp_address(call)},
-            "whip": {"address": svc.whip_address(call)},
-            "srt": {"address": ""},
-        },
-        "egress": {"broadcasting": call.hls, "hls": hls, "rtmps": []},
-        "session": await session_json(svc, call, session) if session else None,
-    }
 
 
-async def session_json(svc: CallService, call: Call, s: CallSession) -> dict[str, Any]:
-    live = svc.list_participants(call.cid)
+def member(m: Member, u: User | None) -> w.MemberResponse:
+    return w.MemberResponse(
+        user_id=m.user_id,
+        user=user(u, m.user_id),
+        role=m.role,
+        custom=m.custom,
+        created_at=m.created_at,
+        updated_at=m.updated_at,
+    )
+
+
+def call_settings(settings: dict[str, Any]) -> w.CallSettings:
+    return w.CallSettings.model_validate(settings)
+
+
+def call_type(ct: CallType) -> w.CallTypeResponse:
+    return w.CallTypeResponse(
+        name=ct.name,
+        grants=ct.grants,
+        settings=call_settings(ct.settings),
+        created_at=ct.created_at,
+        updated_at=ct.updated_at,
+    )
+
+
+def participant(p: Participant, u: User | None, *, health: bool = False) -> w.ParticipantResponse:
+    return w.ParticipantResponse(
+        user=user(u, p.user_id),
+        user_session_id=p.session_id,
+        role=p.role,
+        joined_at=p.joined_at,
+        source=p.source,
+        health=w.ParticipantHealth.model_validate(p.health())
+        if health and p.health is not None
+        else None,
+    )
+
+
+async def participants(
+    svc: CallService, cid: str, *, health: bool = False
+) -> list[w.ParticipantResponse]:
+    live = svc.list_participants(cid)
     users = await svc.store.get_users(sorted({p.user_id for p in live}))
+    return [participant(p, users.get(p.user_id), health=health) for p in live]
+
+
+async def session(svc: CallService, call: Call, s: CallSession) -> w.CallSessionResponse:
+    parts = await participants(svc, call.cid)
     by_role: dict[str, int] = {}
-    for p in live:
+    for p in parts:
         by_role[p.role] = by_role.get(p.role, 0) + 1
-    return {
-        "id": s.id,
-        "participants": [participant_json(p, users.get(p.user_id)) for p in live],
-        "participants_count_by_role": by_role,
-        "anonymous_participant_count": 0,
-        "accepted_by": {},
-        "missed_by": {},
-        "rejected_by": {},
-        "started_at": s.started_at,
-        "live_started_at": s.live_started_at,
-        "live_ended_at": s.live_ended_at,
-        "ended_at": s.ended_at,
-    }
+    return w.CallSessionResponse(
+        id=s.id,
+        participants=parts,
+        participants_count_by_role=by_role,
+        started_at=s.started_at,
+        live_started_at=s.live_started_at,
+        live_ended_at=s.live_ended_at,
+        ended_at=s.ended_at,
+    )
 
 
-async def members_json(svc: CallService, members: list[Member]) -> list[dict[str, Any]]:
-    users = await svc.store.get_users([m.user_id for m in members])
-    return [member_json(m, users.get(m.user_id)) for m in members]
+async def call(svc: CallService, c: Call, ct: CallType) -> w.CallResponse:
+    creator = await svc.store.get_user(c.created_by_id)
+    s = await svc.store.get_session(c.current_session_id) if c.current_session_id else None
+    settings = call_settings(svc.effective_settings(c, ct))
+    return w.CallResponse(
+        cid=c.cid,
+        id=c.id,
+        type=c.type,
+        created_at=c.created_at,
+        updated_at=c.updated_at,
+        created_by=user(creator, c.created_by_id),
+        custom=c.custom,
+        backstage=c.backstage,
+        recording=c.recording,
+        current_session_id=c.current_session_id,
+        starts_at=c.starts_at,
+        ended_at=c.ended_at,
+        join_ahead_time_seconds=settings.backstage.join_ahead_time_seconds,
+        settings=settings,
+        ingress=w.CallIngress(
+            rtmp=w.Address(address=svc.rtmp_address(c)),
+            whip=w.Address(address=svc.whip_address(c)),
+        ),
+        egress=w.CallEgress(
+            broadcasting=c.hls,
+            hls=w.EgressHLS(playlist_url="", status="starting" if c.hls else "stopped"),
+        ),
+        session=await session(svc, c, s) if s else None,
+    )
+
+
+async def members(svc: CallService, ms: list[Member]) -> list[w.MemberResponse]:
+    users = await svc.store.get_users([m.user_id for m in ms])
+    return [member(m, users.get(m.user_id)) for m in ms]

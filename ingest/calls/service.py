@@ -28,14 +28,15 @@ from ..logs import redact
 from ..store.db import Store, utcnow
 from . import capabilities as caps
 from . import events as ev
+from . import wire as w
 from .models import Call, CallSession, CallType, Member, User, cid_of
 from .tokens import Claims, check_revocation, verify_token
+from .wire import MAX_MEMBERS_PER_REQUEST
 
 log = logging.getLogger("ingest.calls")
 
 MAX_ID_LENGTH = 255
 MAX_CUSTOM_BYTES = 5 * 1024
-MAX_MEMBERS_PER_REQUEST = 100
 MAX_CALL_TYPE_NAME = 64
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_\-!@$%^&*()+=.]+$")  # Stream's allowed id characters
 CALL_TYPE_PATTERN = re.compile(r"^[a-z0-9_\-]+$")
@@ -106,19 +107,28 @@ def _custom(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 def _parse_time(value: Any, what: str) -> datetime | None:
+    """A time given inside a free-form object (``set`` of a partial user update)."""
     if value is None or value == "":
         return None
-    if isinstance(value, int | float):
-        # Stream's SDKs send either RFC 3339 or unix nanoseconds.
-        return datetime.fromtimestamp(value / 1e9 if value > 1e12 else value, UTC)
     if isinstance(value, str):
         try:
             dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
-            raise InputError(f"{what} '{value}' is not an RFC 3339 time") from None
-        return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
-    raise InputError(f"{what} must be an RFC 3339 time")
+            raise InputError(f"{what} '{value[:40]}' is not an RFC 3339 time") from None
+        return _utc(dt)
+    raise InputError(f"{what} must be an RFC 3339 time such as '2026-01-31T12:00:00Z'")
+
+
+def _settings(override: w.CallSettingsRequest | None) -> dict[str, Any]:
+    """The fields a settings request sets, as stored (None means: leave as it is)."""
+    return override.model_dump(exclude_none=True) if override is not None else {}
 
 
 class CallService:
@@ -179,58 +189,49 @@ class CallService:
 
     # --- users -----------------------------------------------------------------------------
 
-    async def upsert_users(self, caller: Caller, body: dict[str, Any]) -> dict[str, User]:
+    async def upsert_users(self, caller: Caller, body: w.UpdateUsersRequest) -> dict[str, User]:
         self._require_server(caller, "upsert users")
-        raw = body.get("users")
-        if not isinstance(raw, dict) or not raw:
-            raise InputError('body must be {"users": {"<id>": {"id": "<id>", ...}}}')
         out: dict[str, User] = {}
         now = utcnow()
-        for key, spec in raw.items():
-            if not isinstance(spec, dict):
-                raise InputError(f"users.{key} must be an object")
-            uid = _check_id("user id", str(spec.get("id") or key))
+        for key, spec in body.users.items():
+            uid = _check_id("user id", spec.id or key)
             existing = await self.store.get_user(uid)
             user = existing or User(id=uid, created_at=now)
-            user.name = str(spec.get("name") or user.name or "")
-            user.role = str(spec.get("role") or user.role or "user")
-            user.image = str(spec.get("image") or user.image or "")
-            if "custom" in spec:
-                user.custom = _custom(spec.get("custom"), f"users.{uid}.custom")
-            if "revoke_tokens_issued_before" in spec:
-                user.revoke_tokens_issued_before = _parse_time(
-                    spec["revoke_tokens_issued_before"], "revoke_tokens_issued_before"
-                )
+            user.name = spec.name if spec.name is not None else user.name
+            user.role = spec.role or user.role or "user"
+            user.image = spec.image if spec.image is not None else user.image
+            if "custom" in spec.model_fields_set:
+                user.custom = _custom(spec.custom, f"users.{uid}.custom")
+            if "revoke_tokens_issued_before" in spec.model_fields_set:
+                user.revoke_tokens_issued_before = _utc(spec.revoke_tokens_issued_before)
             user.updated_at = now
             await self.store.put_user(user)
             out[uid] = user
             self._enforce_revocation(user)
         return out
 
-    async def update_users_partial(self, caller: Caller, body: dict[str, Any]) -> dict[str, User]:
+    async def update_users_partial(
+        self, caller: Caller, body: w.UpdateUsersPartialRequest
+    ) -> dict[str, User]:
         self._require_server(caller, "update users")
-        items = body.get("users")
-        if not isinstance(items, list) or not items:
-            raise InputError(
-                'body must be {"users": [{"id": "<id>", "set": {...}, "unset": [...]}]}'
-            )
         out: dict[str, User] = {}
         now = utcnow()
-        for item in items:
-            if not isinstance(item, dict) or not item.get("id"):
-                raise InputError("each entry of users needs an 'id'")
-            uid = str(item["id"])
+        for item in body.users:
+            uid = item.id
             user = await self.store.get_user(uid)
             if user is None:
                 raise NotFoundError(f"user '{uid}' does not exist: create it with upsert users")
-            for k, v in (item.get("set") or {}).items():
+            for k, v in item.set.items():
                 if k in ("name", "role", "image"):
-                    setattr(user, k, str(v))
+                    if not isinstance(v, str):
+                        raise InputError(f"users[{uid}].set.{k} must be a string")
+                    setattr(user, k, v)
                 elif k == "revoke_tokens_issued_before":
-                    user.revoke_tokens_issued_before = _parse_time(v, k)
+                    user.revoke_tokens_issued_before = _parse_time(v, f"set.{k}")
                 else:
                     user.custom[k] = v
-            for k in item.get("unset") or []:
+            _custom(user.custom, f"users.{uid}.custom")
+            for k in item.unset:
                 if k == "revoke_tokens_issued_before":
                     user.revoke_tokens_issued_before = None
                 else:
@@ -262,15 +263,20 @@ class CallService:
         return ct
 
     async def save_call_type(
-        self, caller: Caller, body: dict[str, Any], name: str | None = None, *, create: bool
+        self,
+        caller: Caller,
+        name: str,
+        grants_in: dict[str, list[str]] | None,
+        settings: w.CallSettingsRequest | None,
+        *,
+        create: bool,
     ) -> CallType:
         self._require_server(caller, "change call types")
-        name = name or body.get("name")
-        if not isinstance(name, str) or not name:
+        if not name:
             raise InputError("call type needs a 'name'")
         if len(name) > MAX_CALL_TYPE_NAME or not CALL_TYPE_PATTERN.match(name):
             raise InputError(
-                f"call type name '{name}' must be lowercase letters, digits, - and _ "
+                f"call type name '{name[:80]}' must be lowercase letters, digits, - and _ "
                 f"(at most {MAX_CALL_TYPE_NAME})"
             )
         existing = await self.store.get_call_type(name)
@@ -278,28 +284,19 @@ class CallService:
             raise InputError(f"call type '{name}' already exists: update it with PUT instead")
         if not create and existing is None:
             raise NotFoundError(f"call type '{name}' does not exist: create it with POST first")
-        grants_in = body.get("grants")
         grants: dict[str, list[str]] = dict(existing.grants) if existing else {}
-        if grants_in is not None:
-            if not isinstance(grants_in, dict):
-                raise InputError('grants must be {"<role>": ["<capability>", ...]}')
-            for role, names in grants_in.items():
-                if not isinstance(names, list):
-                    raise InputError(f"grants.{role} must be a list of capabilities")
-                try:
-                    grants[role] = [caps.validate_capability(str(n)) for n in names]
-                except ValueError as e:
-                    raise InputError(f"grants.{role}: {e}") from None
+        for role, names in (grants_in or {}).items():
+            try:
+                grants[role] = [caps.validate_capability(n) for n in names]
+            except ValueError as e:
+                raise InputError(f"grants.{role}: {e}") from None
         grants.setdefault(caps.ADMIN_ROLE, list(caps.ALL))
-        settings = body.get("settings") or {}
-        if not isinstance(settings, dict):
-            raise InputError("settings must be an object")
         base_settings = existing.settings if existing else {"backstage": {"enabled": False}}
         now = utcnow()
         ct = CallType(
             name,
             grants,
-            _deep_merge(base_settings, settings),
+            _deep_merge(base_settings, _settings(settings)),
             existing.created_at if existing else now,
             now,
         )
@@ -390,47 +387,43 @@ class CallService:
         return call, ct
 
     async def get_or_create_call(
-        self, caller: Caller, call_type: str, call_id: str, body: dict[str, Any]
+        self, caller: Caller, call_type: str, call_id: str, body: w.GetOrCreateCallRequest
     ) -> tuple[Call, CallType, bool]:
         _check_id("call id", call_id)
         ct = await self.get_call_type(call_type)
         cid = cid_of(call_type, call_id)
-        data = body.get("data") or {}
-        if not isinstance(data, dict):
-            raise InputError("data must be an object")
+        data = body.data
         existing = await self.store.get_call(cid)
         if existing is not None:
             await self.require(caller, existing, ct, caps.READ_CALL)
             return existing, ct, False
         if caller.server:
-            creator_id = data.get("created_by_id") or (data.get("created_by") or {}).get("id")
+            creator_id = data.created_by_id
             if not creator_id:
                 raise InputError(
                     "data.created_by_id is required when a server token creates a call: "
                     "name the user who owns the call"
                 )
         else:
+            assert caller.user_id is not None
             creator_id = caller.user_id
-            user = await self.store.get_user(caller.user_id or "")
+            user = await self.store.get_user(caller.user_id)
             role = user.role if user else "user"
             if caps.CREATE_CALL not in ct.grants.get(role, []) and role != caps.ADMIN_ROLE:
                 raise PermissionDeniedError(
                     f"{caller.label} may not create calls of type '{ct.name}': their role "
                     f"'{role}' lacks 'create-call'"
                 )
-        await self._ensure_user(str(creator_id))
-        override = data.get("settings_override") or {}
-        if not isinstance(override, dict):
-            raise InputError("data.settings_override must be an object")
+        await self._ensure_user(creator_id)
         now = utcnow()
         call = Call(
             cid=cid,
             type=call_type,
             id=call_id,
-            created_by_id=str(creator_id),
-            custom=_custom(data.get("custom"), "data.custom"),
-            settings_override=override,
-            starts_at=_parse_time(data.get("starts_at"), "data.starts_at"),
+            created_by_id=creator_id,
+            custom=_custom(data.custom, "data.custom"),
+            settings_override=_settings(data.settings_override),
+            starts_at=_utc(data.starts_at),
             created_at=now,
             updated_at=now,
         )
@@ -440,25 +433,24 @@ class CallService:
             got = await self.store.get_call(cid)
             assert got is not None
             return got, ct, False
-        members = data.get("members") or []
-        await self._apply_members(call, ct, members, [], emit=False)
+        await self._apply_members(call, ct, data.members, [], emit=False)
         self.bus.emit(ev.CALL_CREATED, cid, call_id=call_id, call_type=call_type)
         log.info("call %s created by %s", cid, caller.label)
         return call, ct, True
 
     async def update_call(
-        self, caller: Caller, call_type: str, call_id: str, body: dict[str, Any]
+        self, caller: Caller, call_type: str, call_id: str, body: w.UpdateCallRequest
     ) -> tuple[Call, CallType]:
         call, ct = await self.load_call(call_type, call_id)
         await self.require(caller, call, ct, caps.UPDATE_CALL)
-        if "custom" in body:
-            call.custom = _custom(body.get("custom"), "custom")
-        if body.get("settings_override"):
-            if not isinstance(body["settings_override"], dict):
-                raise InputError("settings_override must be an object")
-            call.settings_override = _deep_merge(call.settings_override, body["settings_override"])
-        if "starts_at" in body:
-            call.starts_at = _parse_time(body.get("starts_at"), "starts_at")
+        if "custom" in body.model_fields_set:
+            call.custom = _custom(body.custom, "custom")
+        if body.settings_override is not None:
+            call.settings_override = _deep_merge(
+                call.settings_override, _settings(body.settings_override)
+            )
+        if "starts_at" in body.model_fields_set:
+            call.starts_at = _utc(body.starts_at)
         call.updated_at = utcnow()
         await self.store.update_call(call)
         self.bus.emit(ev.CALL_UPDATED, call.cid)
@@ -467,11 +459,10 @@ class CallService:
     # --- members ---------------------------------------------------------------------------
 
     async def update_members(
-        self, caller: Caller, call_type: str, call_id: str, body: dict[str, Any]
+        self, caller: Caller, call_type: str, call_id: str, body: w.UpdateCallMembersRequest
     ) -> list[Member]:
         call, ct = await self.load_call(call_type, call_id)
-        update = body.get("update_members") or []
-        remove = body.get("remove_members") or []
+        update, remove = body.update_members, body.remove_members
         if update:
             await self.require(caller, call, ct, caps.UPDATE_CALL_MEMBER)
         if remove:
@@ -484,26 +475,20 @@ class CallService:
         self,
         call: Call,
         ct: CallType,
-        update: list[Any],
-        remove: list[Any],
+        update: list[w.MemberRequest],
+        remove: list[str],
         *,
         emit: bool,
     ) -> list[Member]:
-        if not isinstance(update, list) or not isinstance(remove, list):
-            raise InputError("update_members and remove_members must be lists")
         if len(update) + len(remove) > MAX_MEMBERS_PER_REQUEST:
             raise InputError(f"at most {MAX_MEMBERS_PER_REQUEST} members per request")
         now = utcnow()
         changed: list[Member] = []
         default_role = caps.DEFAULT_MEMBER_ROLE.get(ct.name, "user")
         for spec in update:
-            if not isinstance(spec, dict) or not spec.get("user_id"):
-                raise InputError("each member needs a 'user_id'")
-            uid = _check_id("member user_id", str(spec["user_id"]))
-            role = str(spec.get("role") or "")
+            uid = _check_id("member user_id", spec.user_id)
             existing = await self.store.get_member(call.cid, uid)
-            if not role:
-                role = existing.role if existing else default_role
+            role = spec.role or (existing.role if existing else default_role)
             if role not in ct.grants:
                 raise InputError(
                     f"role '{role}' is not defined in call type '{ct.name}': use one of "
@@ -514,8 +499,8 @@ class CallService:
                 call.cid,
                 uid,
                 role,
-                _custom(spec.get("custom"), "member custom")
-                if "custom" in spec
+                _custom(spec.custom, "member custom")
+                if "custom" in spec.model_fields_set
                 else (existing.custom if existing else {}),
                 existing.created_at if existing else now,
                 now,
@@ -531,10 +516,10 @@ class CallService:
             if existing and existing.role != role:
                 await self._reconsider_participants(call, ct, uid, f"role changed to '{role}'")
         for uid in remove:
-            if await self.store.delete_member(call.cid, str(uid)):
+            if await self.store.delete_member(call.cid, uid):
                 if emit:
-                    self.bus.emit(ev.CALL_MEMBER_REMOVED, call.cid, members=[str(uid)])
-                await self._reconsider_participants(call, ct, str(uid), "removed from the call")
+                    self.bus.emit(ev.CALL_MEMBER_REMOVED, call.cid, members=[uid])
+                await self._reconsider_participants(call, ct, uid, "removed from the call")
         return changed
 
     async def _reconsider_participants(
@@ -561,22 +546,22 @@ class CallService:
         return session
 
     async def go_live(
-        self, caller: Caller, call_type: str, call_id: str, body: dict[str, Any]
+        self, caller: Caller, call_type: str, call_id: str, body: w.GoLiveRequest
     ) -> tuple[Call, CallType]:
         call, ct = await self.load_call(call_type, call_id)
         await self.require(caller, call, ct, caps.UPDATE_CALL)
-        if body.get("start_hls"):
+        if body.start_hls:
             await self.require(caller, call, ct, caps.START_BROADCAST)
-        if body.get("start_recording"):
+        if body.start_recording:
             await self.require(caller, call, ct, caps.START_RECORD)
         now = utcnow()
         session = await self._current_session(call, now)
         was_backstage = call.backstage
         call.backstage = False
         call.updated_at = now
-        if body.get("start_hls"):
+        if body.start_hls:
             call.hls = True
-        if body.get("start_recording"):
+        if body.start_recording:
             call.recording = True
         await self.store.update_call(call)
         if was_backstage or session.live_started_at is None:
@@ -584,25 +569,25 @@ class CallService:
             session.live_ended_at = None
             await self.store.put_session(session)
             self.bus.emit(ev.CALL_LIVE_STARTED, call.cid, session_id=session.id)
-        if body.get("start_hls"):
+        if body.start_hls:
             self.bus.emit(ev.HLS_STARTED, call.cid)
-        if body.get("start_recording"):
+        if body.start_recording:
             self.bus.emit(ev.RECORDING_STARTED, call.cid, call_session_id=session.id)
         log.info("call %s is live (by %s)", call.cid, caller.label)
         return call, ct
 
     async def stop_live(
-        self, caller: Caller, call_type: str, call_id: str, body: dict[str, Any]
+        self, caller: Caller, call_type: str, call_id: str, body: w.StopLiveRequest
     ) -> tuple[Call, CallType]:
         call, ct = await self.load_call(call_type, call_id)
         await self.require(caller, call, ct, caps.UPDATE_CALL)
         now = utcnow()
         call.backstage = True
         call.updated_at = now
-        if not body.get("continue_hls") and call.hls:
+        if not body.continue_hls and call.hls:
             call.hls = False
             self.bus.emit(ev.HLS_STOPPED, call.cid)
-        if not body.get("continue_recording") and call.recording:
+        if not body.continue_recording and call.recording:
             call.recording = False
             self.bus.emit(ev.RECORDING_STOPPED, call.cid)
         await self.store.update_call(call)
@@ -660,32 +645,29 @@ class CallService:
     # --- events ----------------------------------------------------------------------------
 
     async def send_event(
-        self, caller: Caller, call_type: str, call_id: str, body: dict[str, Any]
+        self, caller: Caller, call_type: str, call_id: str, body: w.SendCallEventRequest
     ) -> dict[str, Any]:
         call, ct = await self.load_call(call_type, call_id)
         await self.require(caller, call, ct, caps.SEND_EVENT)
-        user_id = caller.user_id or body.get("user_id") or (body.get("user") or {}).get("id")
+        user_id = caller.user_id or body.user_id
         if caller.server and not user_id:
             raise InputError("user_id is required when a server token sends an event")
-        custom = _custom(body.get("custom"), "custom")
+        custom = _custom(body.custom, "custom")
         return self.bus.emit(ev.CUSTOM, call.cid, custom=custom, user={"id": user_id})
 
     async def send_reaction(
-        self, caller: Caller, call_type: str, call_id: str, body: dict[str, Any]
+        self, caller: Caller, call_type: str, call_id: str, body: w.SendReactionRequest
     ) -> dict[str, Any]:
         call, ct = await self.load_call(call_type, call_id)
         await self.require(caller, call, ct, caps.CREATE_REACTION)
-        user_id = caller.user_id or body.get("user_id")
+        user_id = caller.user_id or body.user_id
         if caller.server and not user_id:
             raise InputError("user_id is required when a server token sends a reaction")
-        rtype = body.get("type")
-        if not isinstance(rtype, str) or not rtype or len(rtype) > 64:
-            raise InputError("reaction 'type' is required (a short string such as 'like')")
         reaction = {
-            "type": rtype,
+            "type": body.type,
             "user": {"id": user_id},
-            "emoji_code": body.get("emoji_code"),
-            "custom": _custom(body.get("custom"), "custom"),
+            "emoji_code": body.emoji_code,
+            "custom": _custom(body.custom, "custom"),
         }
         self.bus.emit(ev.REACTION_NEW, call.cid, reaction=reaction)
         return reaction
@@ -752,11 +734,13 @@ class CallService:
             log.info("disconnecting %s from %s: %s", p.user_id, p.call_cid, reason)
             p.disconnect(reason)
 
-    async def kick(self, caller: Caller, call_type: str, call_id: str, body: dict[str, Any]) -> int:
+    async def kick(
+        self, caller: Caller, call_type: str, call_id: str, body: w.KickUserRequest
+    ) -> int:
         call, ct = await self.load_call(call_type, call_id)
         await self.require(caller, call, ct, caps.KICK_USER)
-        user_id = body.get("user_id")
-        if not isinstance(user_id, str) or not user_id:
+        user_id = body.user_id
+        if not user_id:
             raise InputError("user_id is required: name the user to remove from the call")
         kicked = 0
         for p in list(self.participants.get(call.cid, {}).values()):
