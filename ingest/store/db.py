@@ -2,14 +2,24 @@
 
 SQLite (aiosqlite) in the data directory by default; PostgreSQL (asyncpg) when given a URL such
 as ``postgresql+asyncpg://user:pw@host/db``. SQLAlchemy Core keeps both dialects in one code path.
+
+Reads of users, call types, calls and members go through a small read-through cache (what every
+authorization needs: a flood of refused RTMP publishes or API calls costs no queries beyond the
+first). Every write through this Store drops the entries it touches at once, so revocation,
+member removal and role changes take effect immediately in this process; a change made by
+another process sharing the database is seen within :data:`CACHE_TTL`. Callers get copies, so
+mutating a returned record never changes the cache.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import copy
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Hashable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -108,6 +118,68 @@ def _row(row: sa.Row[Any]) -> dict[str, Any]:
     return dict(row._mapping)
 
 
+CACHE_TTL = 2.0  # seconds a cached read may be reused (writes through the Store drop it at once)
+CACHE_SIZE = 10_000  # entries per cached table (least recently used go first)
+
+T = TypeVar("T")
+
+
+class ReadCache(Generic[T]):
+    """Key -> record (or ``None`` for "no such row"), with a TTL and an LRU bound.
+
+    A read that started before a write must not put back what it read: :meth:`put` takes the
+    generation :meth:`begin` returned and stores nothing if any write happened since.
+    """
+
+    def __init__(
+        self,
+        ttl: float = CACHE_TTL,
+        size: int = CACHE_SIZE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._clock = clock
+        self._entries: OrderedDict[Hashable, tuple[float, T | None]] = OrderedDict()
+        self._generation = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def begin(self) -> int:
+        return self._generation
+
+    def get(self, key: Hashable) -> tuple[bool, T | None]:
+        """``(True, a copy of the value)`` if cached and fresh, else ``(False, None)``."""
+        entry = self._entries.get(key)
+        if entry is None or entry[0] <= self._clock():
+            if entry is not None:
+                del self._entries[key]
+            self.misses += 1
+            return False, None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return True, copy.deepcopy(entry[1])
+
+    def put(self, key: Hashable, value: T | None, generation: int) -> None:
+        if generation != self._generation or self.ttl <= 0:
+            return
+        self._entries[key] = (self._clock() + self.ttl, copy.deepcopy(value))
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def drop(self, key: Hashable) -> None:
+        self._generation += 1
+        self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        self._generation += 1
+        self._entries.clear()
+
+
 class Store:
     """Typed access to the tables. One instance per process; safe to share across tasks."""
 
@@ -117,6 +189,11 @@ class Store:
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 30}
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        self.user_cache: ReadCache[User] = ReadCache()
+        self.call_type_cache: ReadCache[CallType] = ReadCache()
+        self.call_types_cache: ReadCache[list[CallType]] = ReadCache()
+        self.call_cache: ReadCache[Call] = ReadCache()
+        self.member_cache: ReadCache[Member] = ReadCache()
 
     async def open(self) -> None:
         async with self.engine.begin() as conn:
@@ -135,9 +212,16 @@ class Store:
     # --- users -----------------------------------------------------------------------------
 
     async def get_user(self, user_id: str) -> User | None:
+        cache = self.user_cache
+        hit, cached = cache.get(user_id)
+        if hit:
+            return cached
+        generation = cache.begin()
         async with self.engine.connect() as conn:
             row = (await conn.execute(sa.select(users).where(users.c.id == user_id))).first()
-        return User(**_row(row)) if row else None
+        user = User(**_row(row)) if row else None
+        cache.put(user_id, user, generation)
+        return user
 
     async def get_users(self, ids: list[str]) -> dict[str, User]:
         if not ids:
@@ -158,21 +242,43 @@ class Store:
             "revoke_tokens_issued_before": user.revoke_tokens_issued_before,
             "deactivated_at": user.deactivated_at,
         }
-        await self._upsert(users, values, ["id"])
+        self.user_cache.drop(user.id)
+        try:
+            await self._upsert(users, values, ["id"])
+        finally:
+            self.user_cache.drop(user.id)
 
     # --- call types ------------------------------------------------------------------------
 
     async def list_call_types(self) -> list[CallType]:
+        cache = self.call_types_cache
+        hit, cached = cache.get(None)
+        if hit and cached is not None:
+            return cached
+        generation = cache.begin()
         async with self.engine.connect() as conn:
             rows = (await conn.execute(sa.select(call_types).order_by(call_types.c.name))).all()
-        return [CallType(**_row(r)) for r in rows]
+        types = [CallType(**_row(r)) for r in rows]
+        cache.put(None, types, generation)
+        return types
 
     async def get_call_type(self, name: str) -> CallType | None:
+        cache = self.call_type_cache
+        hit, cached = cache.get(name)
+        if hit:
+            return cached
+        generation = cache.begin()
         async with self.engine.connect() as conn:
             row = (
                 await conn.execute(sa.select(call_types).where(call_types.c.name == name))
             ).first()
-        return CallType(**_row(row)) if row else None
+        ct = CallType(**_row(row)) if row else None
+        cache.put(name, ct, generation)
+        return ct
+
+    def _call_type_changed(self, name: str) -> None:
+        self.call_type_cache.drop(name)
+        self.call_types_cache.clear()
 
     async def put_call_type(self, ct: CallType) -> None:
         values = {
@@ -182,11 +288,19 @@ class Store:
             "created_at": ct.created_at,
             "updated_at": ct.updated_at,
         }
-        await self._upsert(call_types, values, ["name"])
+        self._call_type_changed(ct.name)
+        try:
+            await self._upsert(call_types, values, ["name"])
+        finally:
+            self._call_type_changed(ct.name)
 
     async def delete_call_type(self, name: str) -> bool:
-        async with self.tx() as conn:
-            res = await conn.execute(sa.delete(call_types).where(call_types.c.name == name))
+        self._call_type_changed(name)
+        try:
+            async with self.tx() as conn:
+                res = await conn.execute(sa.delete(call_types).where(call_types.c.name == name))
+        finally:
+            self._call_type_changed(name)
         return bool(res.rowcount)
 
     async def count_calls_of_type(self, name: str) -> int:
@@ -197,24 +311,40 @@ class Store:
     # --- calls -----------------------------------------------------------------------------
 
     async def get_call(self, cid: str) -> Call | None:
+        cache = self.call_cache
+        hit, cached = cache.get(cid)
+        if hit:
+            return cached
+        generation = cache.begin()
         async with self.engine.connect() as conn:
             row = (await conn.execute(sa.select(calls).where(calls.c.cid == cid))).first()
-        return Call(**_row(row)) if row else None
+        call = Call(**_row(row)) if row else None
+        cache.put(cid, call, generation)
+        return call
 
     async def insert_call(self, call: Call) -> bool:
         """Insert; False when a call with that cid already exists (get-or-create race)."""
+        self.call_cache.drop(call.cid)
         try:
             async with self.tx() as conn:
                 await conn.execute(sa.insert(calls).values(**self._call_values(call)))
         except sa.exc.IntegrityError:
             return False
+        finally:
+            self.call_cache.drop(call.cid)
         return True
 
     async def update_call(self, call: Call) -> None:
-        async with self.tx() as conn:
-            await conn.execute(
-                sa.update(calls).where(calls.c.cid == call.cid).values(**self._call_values(call))
-            )
+        self.call_cache.drop(call.cid)
+        try:
+            async with self.tx() as conn:
+                await conn.execute(
+                    sa.update(calls)
+                    .where(calls.c.cid == call.cid)
+                    .values(**self._call_values(call))
+                )
+        finally:
+            self.call_cache.drop(call.cid)
 
     @staticmethod
     def _call_values(call: Call) -> dict[str, Any]:
@@ -246,6 +376,12 @@ class Store:
         return [Member(**_row(r)) for r in rows]
 
     async def get_member(self, cid: str, user_id: str) -> Member | None:
+        cache = self.member_cache
+        key = (cid, user_id)
+        hit, cached = cache.get(key)
+        if hit:
+            return cached
+        generation = cache.begin()
         async with self.engine.connect() as conn:
             row = (
                 await conn.execute(
@@ -254,7 +390,9 @@ class Store:
                     )
                 )
             ).first()
-        return Member(**_row(row)) if row else None
+        member = Member(**_row(row)) if row else None
+        cache.put(key, member, generation)
+        return member
 
     async def put_member(self, m: Member) -> None:
         values = {
@@ -265,13 +403,23 @@ class Store:
             "created_at": m.created_at,
             "updated_at": m.updated_at,
         }
-        await self._upsert(members, values, ["call_cid", "user_id"])
+        self.member_cache.drop((m.call_cid, m.user_id))
+        try:
+            await self._upsert(members, values, ["call_cid", "user_id"])
+        finally:
+            self.member_cache.drop((m.call_cid, m.user_id))
 
     async def delete_member(self, cid: str, user_id: str) -> bool:
-        async with self.tx() as conn:
-            res = await conn.execute(
-                sa.delete(members).where(members.c.call_cid == cid, members.c.user_id == user_id)
-            )
+        self.member_cache.drop((cid, user_id))
+        try:
+            async with self.tx() as conn:
+                res = await conn.execute(
+                    sa.delete(members).where(
+                        members.c.call_cid == cid, members.c.user_id == user_id
+                    )
+                )
+        finally:
+            self.member_cache.drop((cid, user_id))
         return bool(res.rowcount)
 
     # --- sessions --------------------------------------------------------------------------
