@@ -26,6 +26,8 @@ from .calls.api import build_router, install_error_handlers
 from .calls.service import CallService
 from .config import Settings
 from .errors import ConfigError
+from .http import MAX_HEADER_BYTES
+from .http import protocol_class as http_protocol
 from .ingress import RtmpIngress
 from .media.hub import Hub
 from .rtmp.server import RTMPServer
@@ -234,6 +236,11 @@ class App:
             lifespan="off",
             access_log=False,
             server_header=False,
+            # h11 with a deadline for each request to arrive (uvicorn has none), a bounded head
+            # and idle keep-alive connections closed (see ingest/http.py).
+            http=http_protocol(s.http_request_timeout),
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+            timeout_keep_alive=s.http_keep_alive_timeout,
             # Bounded WebSocket frames; messages over signaling's own (smaller) limit still get
             # a clear JSON error from signaling.py rather than a bare close.
             ws_max_size=WS_MAX_FRAME_BYTES,

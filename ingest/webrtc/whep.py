@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from ingest.errors import AuthenticationError, IngestError, InputError
+from ingest.http import PayloadTooLargeError, read_body
 from ingest.webrtc.sfu import MAX_OFFER_BYTES, SFU
 
 Authorize = Callable[[str, str, str, str], Awaitable[tuple[str, str]]]
@@ -39,10 +40,6 @@ class UnsupportedMediaTypeError(InputError):
     """The offer was not sent as ``application/sdp``."""
 
     status = 415
-
-
-class PayloadTooLargeError(InputError):
-    status = 413
 
 
 def error_response(exc: IngestError) -> JSONResponse:
@@ -80,9 +77,8 @@ def build_whep_router(sfu: SFU, authorize: Authorize) -> APIRouter:
                 raise UnsupportedMediaTypeError(
                     f"send the SDP offer as Content-Type: {SDP_MEDIA_TYPE}, not {content_type!r}"
                 )
-            body = await request.body()
-            if len(body) > MAX_OFFER_BYTES:
-                raise PayloadTooLargeError(f"the SDP offer is larger than {MAX_OFFER_BYTES} bytes")
+            # checked while it streams in: a huge body costs us at most the limit
+            body = await read_body(request, MAX_OFFER_BYTES, "the SDP offer")
             try:
                 offer = body.decode()
             except UnicodeDecodeError as exc:
@@ -90,7 +86,10 @@ def build_whep_router(sfu: SFU, authorize: Authorize) -> APIRouter:
             call_cid, participant_id = await authorize(token, call_type, call_id, user_id)
             answer, session_id = await sfu.subscribe(offer, call_cid, participant_id)
         except IngestError as exc:
-            return error_response(exc)
+            response = error_response(exc)
+            if isinstance(exc, PayloadTooLargeError):
+                response.headers["Connection"] = "close"  # the rest of the body is not wanted
+            return response
         location = request.url_for("whep_session", session_id=session_id).path
         return Response(
             answer,
