@@ -251,22 +251,22 @@ async def test_custom_event_reaches_subscribers(server: App) -> None:
     assert event["user"]["id"] == "viewer"
 
 
-async def test_hls_and_recording_switches_emit_events(server: App) -> None:
+async def test_hls_and_recording_switches(server: App) -> None:
+    # What the sinks produce (and the events they emit) is tested in test_hls / test_recording.
     async with api(server) as client:
         await setup_call(client)
-        with server.bus.subscribe("livestream:show1") as sub:
-            await client.start_broadcasting("livestream", "show1")
-            await client.start_recording("livestream", "show1")
-            got = await client.get_call("livestream", "show1")
-            assert got.call.egress.broadcasting is True
-            assert got.call.recording is True
-            await client.stop_broadcasting("livestream", "show1")
-            await client.stop_recording("livestream", "show1")
-            types = [e["type"] for e in iter(sub.get_nowait, None)]
-        assert types[0] == "call.hls_broadcasting_started"
-        assert "call.recording_started" in types
-        assert "call.hls_broadcasting_stopped" in types
-        assert "call.recording_stopped" in types
+        started = await client.start_broadcasting("livestream", "show1")
+        assert started.playlist_url.startswith("http://") or started.playlist_url == ""
+        await client.start_recording("livestream", "show1")
+        got = await client.get_call("livestream", "show1")
+        assert got.call.egress.broadcasting is True
+        assert got.call.recording is True
+        await client.stop_broadcasting("livestream", "show1")
+        await client.stop_recording("livestream", "show1")
+        got = await client.get_call("livestream", "show1")
+        assert got.call.egress.broadcasting is False
+        assert got.call.egress.hls.status == "stopped"
+        assert got.call.recording is False
         recordings = await client.list_recordings("livestream", "show1")
         assert isinstance(recordings.recordings, list)
 

@@ -1,6 +1,6 @@
 """The WebRTC bridge through the whole App: ffmpeg pushes RTMP, aiortc viewers watch over WHEP.
 
-Every test creates its users and call with the official SDK, pushes an FLV file made with the
+Every test creates its users and call with ingest.client, pushes an FLV file made with the
 ffmpeg CLI at real time (``-re``, looped) with a host's user token as the stream key, and watches
 with an aiortc viewer (offering H.264 High like Chrome) holding a user token.
 """
@@ -15,15 +15,12 @@ import signal
 import statistics
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from aiortc.rtp import RtpPacket
-from getstream import AsyncStream
-from getstream.models import CallRequest, MemberRequest, UserRequest
 
 from ingest.app import App
 from ingest.calls.tokens import create_token
@@ -31,6 +28,7 @@ from ingest.media.hub import TrackAdded
 from ingest.media.units import Kind
 from ingest.webrtc.sending import LeanRtpSender
 from tests.conftest import API_KEY, API_SECRET
+from tests.e2e.calls import Call, livestream
 from tests.e2e.media import MEDIA_DIR, finish, make_flv, push
 from tests.e2e.webrtc_viewer import (
     VideoFrameInfo,
@@ -82,39 +80,15 @@ def sync_flv(
 # -- the call -------------------------------------------------------------------------------
 
 
-@dataclass
-class Call:
-    app: App
-    client: AsyncStream
-    address: str
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.app.http_port}"
-
-    def whep(self, publisher: str = "alice") -> str:
-        call_type, call_id = CID.split(":")
-        return f"{self.base}/whep/{call_type}/{call_id}/{publisher}"
-
-    async def go_live(self) -> None:
-        await self.client.video.call(*CID.split(":")).go_live()
-
-
 @pytest.fixture(autouse=True)
 def _chrome_like_viewers(monkeypatch: pytest.MonkeyPatch) -> None:
     chrome_like_h264(monkeypatch)  # the in-process viewers offer H.264 High, like Chrome
 
 
 @pytest.fixture
-async def call(server: App) -> Call:
-    client = AsyncStream(API_KEY, API_SECRET, base_url=f"http://127.0.0.1:{server.http_port}")
-    await client.upsert_users(UserRequest(id="alice"), UserRequest(id="viewer", role="user"))
-    resp = await client.video.call(*CID.split(":")).get_or_create(
-        data=CallRequest(
-            created_by_id="alice", members=[MemberRequest(user_id="alice", role="host")]
-        )
-    )
-    return Call(server, client, resp.data.call.ingress.rtmp.address)
+async def call(server: App) -> AsyncIterator[Call]:
+    async with livestream(server, *CID.split(":")) as c:
+        yield c
 
 
 def token(user_id: str) -> str:

@@ -1,6 +1,6 @@
 """Chromium plays a call's RTMP publisher over WHEP, through samples/whep-player.html.
 
-The whole path with real programs: the getstream SDK creates the call and goes live, ffmpeg
+The whole path with real programs: ingest.client creates the call and goes live, ffmpeg
 pushes an OBS-like stream (H.264 High level 4.0 = ``640028``, no B-frames, AAC) with the host's
 token as the stream key, and headless Chromium (Debian's, driven by Playwright) opens the sample
 player on another origin, fills in the form with a viewer's token and plays. Asserted in the
@@ -26,16 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from getstream import AsyncStream
-from getstream.models import CallRequest, MemberRequest, UserRequest
 from playwright.async_api import Page
 
 from ingest.app import App
 from ingest.calls.tokens import create_token
 from ingest.media.hub import TrackAdded
 from ingest.media.units import Kind, VideoConfig
-from tests.conftest import API_KEY, API_SECRET
+from tests.conftest import API_SECRET
 from tests.e2e.browser import chromium, fmtp, offered_h264, picture, play, stats
+from tests.e2e.calls import Call, livestream
 from tests.e2e.media import MEDIA_DIR, finish, make_flv, push
 
 pytestmark = pytest.mark.e2e
@@ -62,20 +61,6 @@ def obs_like_flv(width: int, height: int, *, bframes: int = 0, seconds: int = 3)
 
 
 @dataclass
-class Call:
-    app: App
-    client: AsyncStream
-    address: str
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.app.http_port}"
-
-    async def go_live(self) -> None:
-        await self.client.video.call(CALL_TYPE, CALL_ID).go_live()
-
-
-@dataclass
 class Publishing:
     video: TrackAdded
     proc: asyncio.subprocess.Process
@@ -88,15 +73,9 @@ class Publishing:
 
 
 @pytest.fixture
-async def call(server: App) -> Call:
-    client = AsyncStream(API_KEY, API_SECRET, base_url=f"http://127.0.0.1:{server.http_port}")
-    await client.upsert_users(UserRequest(id="alice"), UserRequest(id="viewer", role="user"))
-    resp = await client.video.call(CALL_TYPE, CALL_ID).get_or_create(
-        data=CallRequest(
-            created_by_id="alice", members=[MemberRequest(user_id="alice", role="host")]
-        )
-    )
-    return Call(server, client, resp.data.call.ingress.rtmp.address)
+async def call(server: App) -> AsyncIterator[Call]:
+    async with livestream(server, CALL_TYPE, CALL_ID) as c:
+        yield c
 
 
 @contextlib.asynccontextmanager

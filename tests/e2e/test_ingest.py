@@ -8,20 +8,21 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from getstream import AsyncStream
-from getstream.models import CallRequest, MemberRequest, UserRequest
 
 from ingest.app import App
+from ingest.calls import wire
 from ingest.calls.events import Subscription
 from ingest.calls.tokens import create_token
+from ingest.client import AsyncClient
 from ingest.media.hub import Reader, TrackAdded, TrackEndedError
 from ingest.media.units import Kind, MediaUnit
-from tests.conftest import API_KEY, API_SECRET
+from tests.conftest import API_KEY, API_SECRET, api
 from tests.e2e.media import MEDIA_DIR, expected_from_file, finish, got_from_unit, make_flv, push
 
 pytestmark = pytest.mark.e2e
@@ -36,7 +37,7 @@ def media() -> Path:
 @dataclass
 class Call:
     app: App
-    client: AsyncStream
+    client: AsyncClient
     address: str
 
     def key(self, user_id: str, ttl: int | None = 3600) -> str:
@@ -47,21 +48,23 @@ class Call:
 
 
 @pytest.fixture
-async def call(server: App) -> Call:
-    client = AsyncStream(API_KEY, API_SECRET, base_url=f"http://127.0.0.1:{server.http_port}")
-    await client.upsert_users(
-        UserRequest(id="alice"), UserRequest(id="bob"), UserRequest(id="viewer")
-    )
-    resp = await client.video.call("livestream", "show").get_or_create(
-        data=CallRequest(
-            created_by_id="alice",
-            members=[
-                MemberRequest(user_id="alice", role="host"),
-                MemberRequest(user_id="bob", role="host"),
-            ],
+async def call(server: App) -> AsyncIterator[Call]:
+    async with api(server) as client:
+        await client.upsert_users(
+            wire.UserRequest(id="alice"), wire.UserRequest(id="bob"), wire.UserRequest(id="viewer")
         )
-    )
-    return Call(server, client, resp.data.call.ingress.rtmp.address)
+        resp = await client.get_or_create_call(
+            "livestream",
+            "show",
+            wire.CallRequest(
+                created_by_id="alice",
+                members=[
+                    wire.MemberRequest(user_id="alice", role="host"),
+                    wire.MemberRequest(user_id="bob", role="host"),
+                ],
+            ),
+        )
+        yield Call(server, client, resp.call.ingress.rtmp.address)
 
 
 async def wait_event(
@@ -195,8 +198,8 @@ async def test_two_hosts_publish_at_once(call: Call, media: Path) -> None:
         procs = [await push(call.url(u), src, realtime=True, loop=True) for u in ("alice", "bob")]
         ids = {(await wait_event(sub, "ingress.started"))["user"]["id"] for _ in range(2)}
         assert ids == {"alice", "bob"}
-        resp = await call.client.video.query_call_participants(id="show", type="livestream")
-        assert sorted(p.user.id for p in resp.data.participants) == ["alice", "bob"]
+        resp = await call.client.participants("livestream", "show")
+        assert sorted(p.user.id for p in resp.participants) == ["alice", "bob"]
         for p in procs:
             p.terminate()
             await finish(p)
@@ -241,24 +244,31 @@ async def test_refusals_are_fast_and_say_why(
 
 
 async def test_backstage_needs_join_backstage(server: App, media: Path) -> None:
-    client = AsyncStream(API_KEY, API_SECRET, base_url=f"http://127.0.0.1:{server.http_port}")
-    await client.upsert_users(UserRequest(id="carol"))
-    await client.video.create_call_type(
-        name="stage",
-        grants={"performer": ["read-call", "join-call", "send-audio", "send-video"]},
-        settings={"backstage": {"enabled": True}},
-    )
-    resp = await client.video.call("stage", "gig").get_or_create(
-        data=CallRequest(
-            created_by_id="carol", members=[MemberRequest(user_id="carol", role="performer")]
+    async with api(server) as client:
+        await client.upsert_users(wire.UserRequest(id="carol"))
+        await client.create_call_type(
+            wire.CreateCallTypeRequest(
+                name="stage",
+                grants={"performer": ["read-call", "join-call", "send-audio", "send-video"]},
+                settings=wire.CallSettingsRequest(
+                    backstage=wire.BackstageSettingsRequest(enabled=True)
+                ),
+            )
         )
-    )
-    url = f"{resp.data.call.ingress.rtmp.address}/{create_token(API_SECRET, 'carol')}"
-    src = make_flv(media / "baseline-bf0.flv", profile="baseline")
-    code, err = await finish(await push(url, src))
-    assert code != 0
-    assert "in backstage" in err
-    await client.video.call("stage", "gig").go_live()
+        resp = await client.get_or_create_call(
+            "stage",
+            "gig",
+            wire.CallRequest(
+                created_by_id="carol",
+                members=[wire.MemberRequest(user_id="carol", role="performer")],
+            ),
+        )
+        url = f"{resp.call.ingress.rtmp.address}/{create_token(API_SECRET, 'carol')}"
+        src = make_flv(media / "baseline-bf0.flv", profile="baseline")
+        code, err = await finish(await push(url, src))
+        assert code != 0
+        assert "in backstage" in err
+        await client.go_live("stage", "gig")
     code, err = await finish(await push(url, src))
     assert code == 0, err
 
@@ -270,24 +280,14 @@ async def test_kick_remove_and_revoke_end_the_publish(call: Call, media: Path, h
         proc = await push(call.url("alice"), src, realtime=True, loop=True)
         await wait_event(sub, "ingress.started")
         started = time.monotonic()
-        c = call.client.video.call("livestream", "show")
         if how == "kick":
-            await c.kick_user(user_id="alice")
+            await call.client.kick_user("livestream", "show", "alice")
         elif how == "remove_member":
-            await c.update_call_members(remove_members=["alice"])
+            await call.client.update_call_members("livestream", "show", remove=["alice"])
         else:
             from datetime import UTC, datetime
 
-            from getstream.models import UpdateUserPartialRequest
-
-            await call.client.update_users_partial(
-                [
-                    UpdateUserPartialRequest(
-                        id="alice",
-                        set={"revoke_tokens_issued_before": datetime.now(UTC).isoformat()},
-                    )
-                ]
-            )
+            await call.client.revoke_tokens("alice", datetime.now(UTC))
         await wait_event(sub, "call.session_participant_left", within=5)
         await finish(proc, within=5)
         assert time.monotonic() - started < 5
@@ -313,7 +313,7 @@ async def test_health_reaches_the_api_and_metrics(call: Call, media: Path) -> No
         while keyframes < 2:
             unit = await asyncio.wait_for(reader.get(), 15)
             keyframes += unit.keyframe
-        resp = await call.client.video.query_call_participants(id="show", type="livestream")
+        resp = await call.client.participants("livestream", "show")
         async with httpx.AsyncClient() as http:
             raw = await http.post(
                 f"http://127.0.0.1:{call.app.http_port}/api/v2/video/call/livestream/show/participants",
@@ -323,7 +323,7 @@ async def test_health_reaches_the_api_and_metrics(call: Call, media: Path) -> No
             metrics = (await http.get(f"http://127.0.0.1:{call.app.http_port}/metrics")).text
         proc.terminate()
         await finish(proc)
-    assert [p.user.id for p in resp.data.participants] == ["alice"]
+    assert [p.user.id for p in resp.participants] == ["alice"]
     health = raw.json()["participants"][0]["health"]
     assert health["video"]["resolution"] == "320x240"
     assert health["video"]["profile_level"].startswith("High")

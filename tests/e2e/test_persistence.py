@@ -12,45 +12,48 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from getstream import AsyncStream
-from getstream.models import CallRequest, MemberRequest, UserRequest
 
-from tests.conftest import API_KEY, API_SECRET
+from ingest.calls import wire as w
+from tests.conftest import api
 
 pytestmark = pytest.mark.e2e
 
 
 async def exercise_restart(app_factory: Callable[..., Any], **settings: Any) -> None:
     app = await app_factory(**settings)
-    client = AsyncStream(API_KEY, API_SECRET, base_url=f"http://127.0.0.1:{app.http_port}")
-    await client.upsert_users(UserRequest(id="alice", name="Alice"), UserRequest(id="bob"))
-    await client.video.create_call_type(name="panel", grants={"host": ["read-call", "send-video"]})
-    call = client.video.call("livestream", "persisted")
-    await call.get_or_create(
-        data=CallRequest(
-            created_by_id="alice",
-            members=[
-                MemberRequest(user_id="alice", role="host"),
-                MemberRequest(user_id="bob", role="user"),
-            ],
-            custom={"title": "Launch"},
+    async with api(app) as client:
+        await client.upsert_users(w.UserRequest(id="alice", name="Alice"), w.UserRequest(id="bob"))
+        await client.create_call_type(
+            w.CreateCallTypeRequest(name="panel", grants={"host": ["read-call", "send-video"]})
         )
-    )
-    live = await call.go_live()
-    session_id = live.data.call.current_session_id
+        await client.get_or_create_call(
+            "livestream",
+            "persisted",
+            w.CallRequest(
+                created_by_id="alice",
+                members=[
+                    w.MemberRequest(user_id="alice", role="host"),
+                    w.MemberRequest(user_id="bob", role="user"),
+                ],
+                custom={"title": "Launch"},
+            ),
+        )
+        live = await client.go_live("livestream", "persisted")
+    session_id = live.call.current_session_id
     await app.stop()
 
     app2 = await app_factory(**settings)
-    client2 = AsyncStream(API_KEY, API_SECRET, base_url=f"http://127.0.0.1:{app2.http_port}")
-    got = await client2.video.call("livestream", "persisted").get()
-    assert got.data.call.backstage is False
-    assert got.data.call.custom == {"title": "Launch"}
-    assert got.data.call.current_session_id == session_id
-    assert got.data.call.session.live_started_at is not None
-    assert {(m.user_id, m.role) for m in got.data.members} == {("alice", "host"), ("bob", "user")}
-    assert got.data.call.created_by.name == "Alice"
-    types = await client2.video.list_call_types()
-    assert types.data.call_types["panel"].grants["host"] == ["read-call", "send-video"]
+    async with api(app2) as client2:
+        got = await client2.get_call("livestream", "persisted")
+        types = await client2.list_call_types()
+    assert got.call.backstage is False
+    assert got.call.custom == {"title": "Launch"}
+    assert got.call.current_session_id == session_id
+    assert got.call.session is not None
+    assert got.call.session.live_started_at is not None
+    assert {(m.user_id, m.role) for m in got.members} == {("alice", "host"), ("bob", "user")}
+    assert got.call.created_by.name == "Alice"
+    assert types.call_types["panel"].grants["host"] == ["read-call", "send-video"]
 
 
 async def test_sqlite_survives_restart(app_factory: Callable[..., Any]) -> None:

@@ -12,14 +12,13 @@ from typing import Any
 
 import pytest
 import uvicorn
-from getstream import AsyncStream
-from getstream.models import CallRequest, MemberRequest, UserRequest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tests.conftest import API_KEY, API_SECRET
+from ingest.calls import wire as w
+from tests.conftest import API_SECRET, api
 
 pytestmark = pytest.mark.e2e
 
@@ -67,15 +66,16 @@ async def test_webhooks_are_signed_and_retried(
 ) -> None:
     rec, port = receiver
     app = await app_factory(webhook_url=f"http://127.0.0.1:{port}/hook")
-    client = AsyncStream(API_KEY, API_SECRET, base_url=f"http://127.0.0.1:{app.http_port}")
-    await client.upsert_users(UserRequest(id="alice"))
-    call = client.video.call("livestream", "hooked")
-    await call.get_or_create(
-        data=CallRequest(
-            created_by_id="alice", members=[MemberRequest(user_id="alice", role="host")]
+    async with api(app) as client:
+        await client.upsert_users(w.UserRequest(id="alice"))
+        await client.get_or_create_call(
+            "livestream",
+            "hooked",
+            w.CallRequest(
+                created_by_id="alice", members=[w.MemberRequest(user_id="alice", role="host")]
+            ),
         )
-    )
-    await call.go_live()
+        await client.go_live("livestream", "hooked")
 
     headers, body, created = await next_event(rec, "call.created")
     expected = hmac.new(API_SECRET.encode(), body, hashlib.sha256).hexdigest()
@@ -99,11 +99,11 @@ async def test_unreachable_webhook_does_not_block_the_api(app_factory: Any) -> N
     app = await app_factory(
         webhook_url=f"http://127.0.0.1:{dead_port}/hook", webhook_max_attempts=2
     )
-    client = AsyncStream(API_KEY, API_SECRET, base_url=f"http://127.0.0.1:{app.http_port}")
-    await client.upsert_users(UserRequest(id="alice"))
-    resp = await client.video.call("livestream", "x").get_or_create(
-        data=CallRequest(created_by_id="alice")
-    )
-    assert resp.data.created is True
+    async with api(app) as client:
+        await client.upsert_users(w.UserRequest(id="alice"))
+        resp = await client.get_or_create_call(
+            "livestream", "x", w.CallRequest(created_by_id="alice")
+        )
+    assert resp.created is True
     assert app.webhooks is not None
     await app.stop()
