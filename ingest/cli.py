@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import httpx
 
 from . import __version__, logs
 from .config import Settings, load
@@ -131,51 +130,33 @@ def call_create(
     data_dir: Path | None,
 ) -> None:
     """Create a call with its hosts; print what to paste into OBS."""
-    from .calls.tokens import create_server_token, create_token
+    from .calls import wire as w
+    from .client import ApiError, Client, create_token
 
     settings, creds = _credentials(ctx, data_dir)
     base = (server or f"http://127.0.0.1:{settings.http_port}").rstrip("/")
-    headers = {"Authorization": create_server_token(creds.api_secret), "stream-auth-type": "jwt"}
-    params = {"api_key": creds.api_key}
-    body = {
-        "data": {
-            "created_by_id": hosts[0],
-            "members": [{"user_id": h, "role": "host"} for h in hosts],
-        }
-    }
+    members = [w.MemberRequest(user_id=h, role="host") for h in hosts]
     try:
-        with httpx.Client(base_url=base, headers=headers, params=params, timeout=10) as http:
-            http.post(
-                "/api/v2/users", json={"users": {h: {"id": h} for h in hosts}}
-            ).raise_for_status()
-            resp = http.post(f"/api/v2/video/call/{call_type}/{call_id}", json=body)
-            if resp.status_code >= 300:
-                raise click.ClickException(resp.json().get("message", resp.text))
-            if not resp.json().get("created"):
-                # The call existed: make sure the hosts are members now.
-                r2 = http.post(
-                    f"/api/v2/video/call/{call_type}/{call_id}/members",
-                    json={"update_members": body["data"]["members"]},
-                )
-                if r2.status_code >= 300:
-                    raise click.ClickException(r2.json().get("message", r2.text))
-    except httpx.HTTPError as e:
-        raise click.ClickException(
-            f"cannot reach the server at {base} ({e}): is 'ingest serve' running?"
-        ) from None
-    data = resp.json()
-    address = data["call"]["ingress"]["rtmp"]["address"]
-    out: dict[str, Any] = {
-        "call": data["call"]["cid"],
-        "backstage": data["call"]["backstage"],
-        "hosts": [],
-    }
-    click.echo(f"call {out['call']} ({'backstage' if out['backstage'] else 'live'})")
-    click.echo(f"  OBS > Settings > Stream > Service: Custom...\n  Server:     {address}")
+        with Client(base, creds.api_key, secret=creds.api_secret) as api:
+            api.upsert_users(*(w.UserRequest(id=h) for h in hosts))
+            resp = api.get_or_create_call(
+                call_type, call_id, w.CallRequest(created_by_id=hosts[0], members=members)
+            )
+            if not resp.created:  # the call existed: make sure the hosts are members now
+                api.update_call_members(call_type, call_id, update=members)
+    except ApiError as e:
+        if e.status == 0:
+            raise click.ClickException(f"{e.message}: is 'ingest serve' running?") from None
+        raise click.ClickException(e.message) from None
+    call = resp.call
+    click.echo(f"call {call.cid} ({'backstage' if call.backstage else 'live'})")
+    click.echo(
+        f"  OBS > Settings > Stream > Service: Custom...\n  Server:     {call.ingress.rtmp.address}"
+    )
     for h in hosts:
         key = create_token(creds.api_secret, h, ttl=ttl)
         click.echo(f"  Stream Key for {h}: {key}")
-    if data["call"]["backstage"]:
+    if call.backstage:
         click.echo(
             "  The call starts in backstage: go live with "
             f"POST /api/v2/video/call/{call_type}/{call_id}/go_live"
