@@ -78,6 +78,10 @@ class ChunkReader:
         server keeps it small until the peer is authenticated)."""
         self.max_pending = max_pending
         """Announced bytes of partly received messages, all chunk streams together."""
+        self.stop_after_command = False
+        """Stop parsing after each complete command message (AMF0/AMF3), leaving the rest
+        buffered (:attr:`stopped`); ``feed(b"")`` continues."""
+        self._stopped = False
 
     @property
     def chunk_size(self) -> int:
@@ -88,6 +92,16 @@ class ChunkReader:
     def buffered(self) -> int:
         """Bytes received but not yet consumed (at most one partial chunk)."""
         return len(self._buf) - self._pos
+
+    @property
+    def stopped(self) -> bool:
+        """The last :meth:`feed` stopped after a command message with bytes left to parse."""
+        return self._stopped
+
+    def hold(self, data: bytes) -> None:
+        """Buffer ``data`` without parsing it (the next :meth:`feed` parses it first)."""
+        if self._error is None:
+            self._buf += data
 
     @property
     def pending(self) -> int:
@@ -104,6 +118,7 @@ class ChunkReader:
             out = []
         if self._error is not None:
             raise self._error
+        self._stopped = False
         buf = self._buf
         if self._pos:
             del buf[: self._pos]
@@ -267,6 +282,9 @@ class ChunkReader:
                         if type_id <= 2:
                             self._control(type_id, payload)
                             cs = self._chunk_size
+                        elif (type_id == 20 or type_id == 17) and self.stop_after_command:
+                            self._stopped = pos < end
+                            break
                         continue
                     self._pending += length
                     acc = st.acc = bytearray(mv[p:q])
@@ -297,6 +315,9 @@ class ChunkReader:
                     if st.type_id <= 2:
                         self._control(st.type_id, payload)
                         cs = self._chunk_size
+                    elif (st.type_id == 20 or st.type_id == 17) and self.stop_after_command:
+                        self._stopped = pos < end
+                        break
         finally:
             mv.release()
             if pos == end:

@@ -55,7 +55,7 @@ MAX_MESSAGE_STREAMS = 8  # createStream calls per connection
 MAX_BACKLOG_BYTES = 64 * 1024  # input held while a publish decision is pending
 MAX_BYTES_BEFORE_CONNECT = 8 * 1024  # largest message, and partly received bytes, before connect
 MAX_BYTES_BEFORE_PUBLISH = 64 * 1024  # the same after connect, until a publish is accepted
-MAX_OUTPUT_BYTES = 256 * 1024  # replies not yet collected with data_to_send
+MAX_OUTPUT_BYTES = 64 * 1024  # replies not yet collected with data_to_send
 MAX_ECHO_LENGTH = 64  # characters of a peer's command name quoted back in an error reply
 MAX_DESCRIPTION_LENGTH = 512  # characters of an onStatus description (refusal reasons)
 OUTGOING_CHUNK_SIZE = 4096
@@ -171,11 +171,13 @@ class ServerConnection:
         self._reader = ChunkReader(
             max_message_size=MAX_BYTES_BEFORE_CONNECT, max_pending=MAX_BYTES_BEFORE_CONNECT
         )
+        # A command may change the limits (connect, publish): what follows it is parsed after
+        # it is handled, so the outcome never depends on how TCP split the bytes.
+        self._reader.stop_after_command = True
         self._writer = ChunkWriter()
         self._out = bytearray()
         self._events: deque[Event] = deque()
         self._error: RTMPError | None = None
-        self._deferred_error: RTMPError | None = None
         self._closed = False
         self._received = 0
         self._acked = 0
@@ -187,8 +189,6 @@ class ServerConnection:
         self._publishing: set[int] = set()
         self._next_stream_id = 1
         self._paused = False
-        self._backlog: deque[ChunkMessage] = deque()
-        self._backlog_bytes = 0
 
     # -- state -------------------------------------------------------------------------------
 
@@ -223,7 +223,7 @@ class ServerConnection:
 
     def receive_data(self, data: bytes) -> None:
         """Consume bytes from the peer. Protocol errors surface from :meth:`next_event`."""
-        if self._error is not None or self._deferred_error is not None or self._closed or not data:
+        if self._error is not None or self._closed or not data:
             return
         try:
             if self._phase is not _Phase.OPEN:
@@ -234,26 +234,35 @@ class ServerConnection:
             if self._peer_window and self._received - self._acked >= self._peer_window:
                 self._acked = self._received
                 self._send(CSID_CONTROL, Acknowledgement(self._received & 0xFFFFFFFF))
-            msgs: list[ChunkMessage] = []
-            chunk_error: RTMPError | None = None
-            try:
-                self._reader.feed(data, msgs)
-            except RTMPError as e:
-                chunk_error = e
-            if msgs:
-                self._dispatch(msgs)
-            if chunk_error is not None:
-                if self._paused:  # surfaces after the held messages, once the decision is made
-                    self._deferred_error = chunk_error
-                else:
-                    raise chunk_error
-            if len(self._out) > MAX_OUTPUT_BYTES:
-                raise RTMPError(
-                    f"{len(self._out)} bytes of replies wait for the peer to read them; the "
-                    f"limit is {MAX_OUTPUT_BYTES} (it sends requests without reading the answers)"
-                )
+            if self._paused:
+                # held unparsed until the decision: parsed then, under the limits it sets
+                reader = self._reader
+                reader.hold(data)
+                if reader.buffered > MAX_BACKLOG_BYTES:
+                    raise RTMPError(
+                        f"peer sent {reader.buffered} bytes while its publish awaited a "
+                        f"decision; the limit is {MAX_BACKLOG_BYTES}"
+                    )
+                return
+            self._parse(data)
         except RTMPError as e:
             self._error = e
+
+    def _parse(self, data: bytes) -> None:
+        reader = self._reader
+        while True:
+            msgs: list[ChunkMessage] = []
+            try:
+                reader.feed(data, msgs)
+            except RTMPError:
+                if msgs:
+                    self._dispatch(msgs)  # what came before the violation counts
+                raise
+            if msgs:
+                self._dispatch(msgs)
+            if self._paused or not reader.stopped:
+                return
+            data = b""
 
     def next_event(self) -> Event | None:
         """The next event, ``None`` if there is none yet; raises the connection's RTMPError
@@ -355,47 +364,27 @@ class ServerConnection:
 
     def _resume(self) -> None:
         self._paused = False
-        backlog = self._backlog
-        try:
-            while backlog and not self._paused:
-                m = backlog.popleft()
-                self._backlog_bytes -= len(m.payload)
-                self._handle(m)
-            if not self._paused and self._deferred_error is not None:
-                self._error, self._deferred_error = self._deferred_error, None
-        except RTMPError as e:
-            self._error = e
+        if self._reader.buffered:
+            try:
+                self._parse(b"")
+            except RTMPError as e:
+                self._error = e
 
     def _dispatch(self, msgs: list[ChunkMessage]) -> None:
+        # The reader stops after each command, so only the last message may pause us.
         events = self._events
         publishing = self._publishing
-        i = 0
-        n = len(msgs)
-        if not self._paused:
-            while i < n:
-                m = msgs[i]
-                i += 1
-                t = m.type_id
-                if t == 9 or t == 8:
-                    if m.stream_id not in publishing:
-                        self._media_refused(m)
-                    if t == 9:
-                        events.append(VideoReceived(m.stream_id, m.timestamp, m.payload))
-                    else:
-                        events.append(AudioReceived(m.stream_id, m.timestamp, m.payload))
+        for m in msgs:
+            t = m.type_id
+            if t == 9 or t == 8:
+                if m.stream_id not in publishing:
+                    self._media_refused(m)
+                if t == 9:
+                    events.append(VideoReceived(m.stream_id, m.timestamp, m.payload))
                 else:
-                    self._handle(m)
-                    if self._paused:
-                        break
-        if i < n:
-            for m in msgs[i:]:
-                self._backlog.append(m)
-                self._backlog_bytes += len(m.payload)
-            if self._backlog_bytes > MAX_BACKLOG_BYTES:
-                raise RTMPError(
-                    f"peer sent {self._backlog_bytes} bytes of messages while its publish awaited "
-                    f"a decision; the limit is {MAX_BACKLOG_BYTES}"
-                )
+                    events.append(AudioReceived(m.stream_id, m.timestamp, m.payload))
+            else:
+                self._handle(m)
 
     def _media_refused(self, m: ChunkMessage) -> None:
         kind = "video" if m.type_id == 9 else "audio"
@@ -404,6 +393,11 @@ class ServerConnection:
         raise RTMPError(f"{kind} message on message stream {m.stream_id} {why}")
 
     def _handle(self, m: ChunkMessage) -> None:
+        if len(self._out) > MAX_OUTPUT_BYTES:
+            raise RTMPError(
+                f"{len(self._out)} bytes of replies wait for the peer to read them; the limit "
+                f"is {MAX_OUTPUT_BYTES} (it sends requests without reading the answers)"
+            )
         t = m.type_id
         if t == MessageType.VIDEO or t == MessageType.AUDIO:
             if m.stream_id not in self._publishing:
