@@ -29,6 +29,7 @@ from .errors import ConfigError
 from .http import MAX_HEADER_BYTES
 from .http import protocol_class as http_protocol
 from .ingress import RtmpIngress
+from .logs import install_redaction
 from .media.hub import Hub
 from .rtmp.server import RTMPServer
 from .store.db import Store
@@ -161,6 +162,7 @@ class App:
     """Owns every component; ``start()`` listens, ``stop()`` closes everything it opened."""
 
     def __init__(self, settings: Settings) -> None:
+        install_redaction()  # no token reaches a log line, whoever writes it (uvicorn, ...)
         self.settings = settings
         self.creds = load_credentials(settings)
         self.store = Store(settings.resolved_database_url)
