@@ -263,7 +263,8 @@ class App:
         api = FastAPI(
             title="ingest",
             version=__version__,
-            description="Stream Video compatible REST API (livestream subset) of the ingest server",
+            description="The control plane of the ingest livestream server: users, call types, calls, "
+            "members, go live, participants, events. Clients: ingest.client (Python)",
         )
         install_error_handlers(api, cors_origins=self._cors_origins)
         api.include_router(build_router(self.calls))

@@ -87,7 +87,9 @@ def serve(
 @click.argument("user_id")
 @click.option("--ttl", type=int, default=3600, show_default=True, help="Lifetime in seconds.")
 @click.option(
-    "--no-expiry", is_flag=True, help="A token without 'exp' (like Stream's permanent tokens)."
+    "--no-expiry",
+    is_flag=True,
+    help="A token without 'exp' (it never expires; revoke it with revoke_tokens_issued_before).",
 )
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
 @click.pass_context

@@ -1,7 +1,7 @@
 """One place for every error the product reports.
 
-Each error carries Stream's numeric ``code``, the HTTP status it maps to and whether the client may
-retry; messages say what to fix. The API turns them into Stream's error shape
+Each error carries a numeric ``code``, the HTTP status it maps to and whether the client may
+retry; messages say what to fix. The API turns them into its error shape
 (``{"code", "message", "StatusCode", "duration"}``), RTMP into an onStatus description.
 """
 

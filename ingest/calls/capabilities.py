@@ -1,4 +1,4 @@
-"""Capabilities (Stream's ``OwnCapability`` names) and the built-in call types' grants."""
+"""Capabilities (what a role may do in a call) and the built-in call types' grants."""
 
 from __future__ import annotations
 

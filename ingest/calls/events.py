@@ -1,6 +1,6 @@
 """The event bus (in process) and outgoing webhooks.
 
-Every event is a JSON object shaped like Stream's webhook payloads: ``type``, ``created_at`` and,
+Every event is a JSON object (the webhook payload too): ``type``, ``created_at`` and,
 for call events, ``call_cid``. Subscribers get their own bounded queue: a subscriber that does not
 keep up loses its oldest events (counted), never slows the publisher of the event.
 Webhooks go out from one background task with bounded retries; ``emit`` never waits for them.

@@ -38,7 +38,7 @@ log = logging.getLogger("ingest.calls")
 MAX_ID_LENGTH = 255
 MAX_CUSTOM_BYTES = 5 * 1024
 MAX_CALL_TYPE_NAME = 64
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_\-!@$%^&*()+=.]+$")  # Stream's allowed id characters
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_\-!@$%^&*()+=.]+$")  # the characters an id may use
 CALL_TYPE_PATTERN = re.compile(r"^[a-z0-9_\-]+$")
 
 

@@ -1,7 +1,7 @@
 """Tokens: the one verification function the API, RTMP and WebRTC all use.
 
-Tokens are Stream's: HS256 JWTs signed with the app secret. Server tokens carry
-``{"server": true}`` or no ``user_id`` at all (the Python SDK signs ``{}``); user tokens
+Tokens are HS256 JWTs signed with the app secret. Server tokens carry
+``{"server": true}`` or no ``user_id`` at all; user tokens
 ``{"user_id", "iat", "exp"}`` and optionally ``call_cids`` and ``role``. A user's
 ``revoke_tokens_issued_before`` invalidates tokens whose ``iat`` is earlier.
 """
@@ -47,7 +47,7 @@ def create_token(
     role: str | None = None,
     now: float | None = None,
 ) -> str:
-    """A user token the way Stream's SDKs make them (iat one second in the past)."""
+    """A user token (iat one second in the past, so a clock a little behind still accepts it)."""
     issued = int(now if now is not None else time.time()) - 1
     payload: dict[str, object] = {"user_id": user_id, "iat": issued}
     if ttl is not None:
@@ -138,7 +138,7 @@ def verify_token(
         )
     user_id = payload.get("user_id")
     if server or user_id is None:
-        # Stream's server SDKs sign either {"server": true} or an empty payload: whoever holds
+        # A server token is {"server": true} or a payload without user_id: whoever holds
         # the secret acts for the app.
         return Claims(server=True, user_id=None, issued_at=None, expires_at=None)
     if not isinstance(user_id, str) or not user_id:

@@ -298,7 +298,7 @@ class VideoHealth(Wire):
     level: str | None = None
     profile_level: str | None = None
     profile_level_id: str | None = None
-    chroma_format: int | None = None
+    chroma_format: str | None = Field(None, description="e.g. 4:2:0")
     bit_depth: int | None = None
     fps: float | None = None
     bitrate_kbps: float = 0.0
