@@ -314,24 +314,26 @@ async def test_health_reaches_the_api_and_metrics(call: Call, media: Path) -> No
             unit = await asyncio.wait_for(reader.get(), 15)
             keyframes += unit.keyframe
         resp = await call.client.participants("livestream", "show")
+        async with api(call.app, token=create_token(API_SECRET, "alice")) as host:
+            as_host = await host.participants("livestream", "show")  # a host sees health too
         async with httpx.AsyncClient() as http:
-            raw = await http.post(
-                f"http://127.0.0.1:{call.app.http_port}/api/v2/video/call/livestream/show/participants",
-                params={"api_key": API_KEY},
-                headers={"Authorization": create_token(API_SECRET, "alice")},
-            )
             metrics = (await http.get(f"http://127.0.0.1:{call.app.http_port}/metrics")).text
         proc.terminate()
         await finish(proc)
     assert [p.user.id for p in resp.participants] == ["alice"]
-    health = raw.json()["participants"][0]["health"]
-    assert health["video"]["resolution"] == "320x240"
-    assert health["video"]["profile_level"].startswith("High")
-    assert health["video"]["b_frames"] is True
-    assert health["video"]["keyframe_interval_s"] == pytest.approx(5.0, abs=0.1)
-    assert health["audio"]["sample_rate"] == 44100
-    assert any("keyframe interval 5.0 s" in h for h in health["hints"])
-    assert any("B-frames" in h for h in health["hints"])
+    health = as_host.participants[0].health
+    assert health is not None
+    assert health.transport == "rtmp"
+    assert health.video is not None
+    assert health.video.resolution == "320x240"
+    assert health.video.profile_level is not None
+    assert health.video.profile_level.startswith("High")
+    assert health.video.b_frames is True
+    assert health.video.keyframe_interval_s == pytest.approx(5.0, abs=0.1)
+    assert health.audio is not None
+    assert health.audio.sample_rate == 44100
+    assert any("keyframe interval 5.0 s" in h for h in health.hints)
+    assert any("B-frames" in h for h in health.hints)
     assert 'ingest_publisher_b_frames{call_cid="livestream:show",user_id="alice"} 1.0' in metrics
     assert "ingest_rtmp_connections 1.0" in metrics
 
