@@ -14,7 +14,7 @@ import pytest
 
 from ingest.app import App
 from ingest.calls import wire as w
-from ingest.calls.api import MAX_BODY_BYTES
+from ingest.calls.api import CORS_MAX_AGE, MAX_BODY_BYTES
 from ingest.client import ApiError, AsyncClient, Client, create_server_token
 from tests.conftest import API_KEY, API_SECRET, api, user_token
 
@@ -428,6 +428,7 @@ async def test_cors_preflight_in_development_mode(app_factory: Any) -> None:
     assert resp.headers["access-control-allow-origin"] in ("*", "http://pages.example")
     assert "POST" in resp.headers["access-control-allow-methods"]
     assert "authorization" in resp.headers["access-control-allow-headers"].lower()
+    assert resp.headers["access-control-max-age"] == str(CORS_MAX_AGE)
 
 
 async def test_cors_in_production_allows_only_configured_origins(app_factory: Any) -> None:
