@@ -25,12 +25,15 @@ from .calls import events as ev
 from .calls.api import build_router, install_error_handlers
 from .calls.service import CallService
 from .config import Settings
+from .egress import EgressManager
 from .errors import ConfigError
+from .hls.http import build_egress_router
 from .http import MAX_HEADER_BYTES
 from .http import protocol_class as http_protocol
 from .ingress import RtmpIngress
 from .logs import install_redaction
 from .media.hub import Hub
+from .record.storage import LocalStorage
 from .rtmp.server import RTMPServer
 from .store.db import Store
 from .webrtc.sfu import SFU
@@ -180,6 +183,7 @@ class App:
         self.signaling: Signaling | None = None
         self.rtmp: RTMPServer | None = None
         self.ingress: RtmpIngress | None = None
+        self.egress: EgressManager | None = None
         self._stopped = False
         self.calls: CallService = None  # type: ignore[assignment]  # set in start()
         self.api: FastAPI = None  # type: ignore[assignment]
@@ -202,6 +206,15 @@ class App:
             token_leeway=s.token_leeway,
         )
         await self.calls.install_builtin_call_types()
+        recordings = s.data_dir / "recordings"
+        self.egress = EgressManager(
+            self.hub,
+            self.bus,
+            LocalStorage(recordings),
+            base_url=lambda: self.calls.http_base,
+            storage_label=str(recordings),
+        )
+        self.calls.egress = self.egress
         self.ingress = RtmpIngress(self.calls, self.hub, transcoding=self.sfu.transcoding)
         self.rtmp = RTMPServer(
             self.ingress,
@@ -269,6 +282,8 @@ class App:
         install_error_handlers(api, cors_origins=self._cors_origins)
         api.include_router(build_router(self.calls))
         api.include_router(build_whep_router(self.sfu, self.calls.authorize_whep))
+        if self.egress is not None:
+            api.include_router(build_egress_router(self.calls, self.egress))
         if self.signaling is not None:
             api.include_router(build_signaling_router(self.signaling))
         self.registry.register(_LiveCollector(self))
@@ -310,6 +325,8 @@ class App:
         await self.sfu.stop()
         if self.rtmp is not None:
             await self.rtmp.stop()
+        if self.egress is not None:
+            await self.egress.stop()  # finishes recordings (closed files, ready events)
         self.hub.close()
         if self._http_server is not None:
             self._http_server.should_exit = True

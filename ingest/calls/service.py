@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     AuthenticationError,
@@ -32,6 +32,9 @@ from . import wire as w
 from .models import Call, CallSession, CallType, Member, User, cid_of
 from .tokens import Claims, check_revocation, verify_token
 from .wire import MAX_MEMBERS_PER_REQUEST
+
+if TYPE_CHECKING:
+    from ..egress import Egress
 
 log = logging.getLogger("ingest.calls")
 
@@ -153,6 +156,7 @@ class CallService:
         self.http_base = http_base.rstrip("/")
         self.token_leeway = token_leeway
         self.participants: dict[str, dict[str, Participant]] = {}
+        self.egress: Egress | None = None  # HLS and recording (ingest/egress.py), set by the app
 
     # --- start-up --------------------------------------------------------------------------
 
@@ -569,10 +573,11 @@ class CallService:
             session.live_ended_at = None
             await self.store.put_session(session)
             self.bus.emit(ev.CALL_LIVE_STARTED, call.cid, session_id=session.id)
-        if body.start_hls:
-            self.bus.emit(ev.HLS_STARTED, call.cid)
-        if body.start_recording:
-            self.bus.emit(ev.RECORDING_STARTED, call.cid, call_session_id=session.id)
+        # The egress fires call.hls_broadcasting_started / call.recording_started when media flows.
+        if self.egress is not None and body.start_hls:
+            self.egress.start_hls(call.cid)
+        if self.egress is not None and body.start_recording:
+            self.egress.start_recording(call.cid, session.id)
         log.info("call %s is live (by %s)", call.cid, caller.label)
         return call, ct
 
@@ -586,10 +591,12 @@ class CallService:
         call.updated_at = now
         if not body.continue_hls and call.hls:
             call.hls = False
-            self.bus.emit(ev.HLS_STOPPED, call.cid)
+            if self.egress is not None:
+                await self.egress.stop_hls(call.cid)  # emits call.hls_broadcasting_stopped
         if not body.continue_recording and call.recording:
             call.recording = False
-            self.bus.emit(ev.RECORDING_STOPPED, call.cid)
+            if self.egress is not None:
+                await self.egress.stop_recording(call.cid)  # emits call.recording_stopped
         await self.store.update_call(call)
         session = await self.store.get_session(call.current_session_id)
         if session is not None and session.live_ended_at is None:
@@ -611,17 +618,20 @@ class CallService:
             ("recording", False): caps.STOP_RECORD,
         }[(what, on)]
         await self.require(caller, call, ct, capability)
-        if getattr(call, what) != on:
+        was = getattr(call, what)
+        if was != on:
             setattr(call, what, on)
             call.updated_at = utcnow()
             await self.store.update_call(call)
-            event = {
-                ("hls", True): ev.HLS_STARTED,
-                ("hls", False): ev.HLS_STOPPED,
-                ("recording", True): ev.RECORDING_STARTED,
-                ("recording", False): ev.RECORDING_STOPPED,
-            }[(what, on)]
-            self.bus.emit(event, call.cid)
+        # The egress fires the started/stopped events when it really starts/stops.
+        egress = self.egress
+        if egress is not None and on:  # idempotent: also resumes after a restart
+            if what == "hls":
+                egress.start_hls(call.cid)
+            else:
+                egress.start_recording(call.cid, call.current_session_id)
+        elif egress is not None and was:
+            await (egress.stop_hls(call.cid) if what == "hls" else egress.stop_recording(call.cid))
         return call, ct
 
     async def end_call(self, caller: Caller, call_type: str, call_id: str) -> None:
