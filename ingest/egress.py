@@ -392,10 +392,11 @@ class EgressManager:
         recorder = program.recorder
         program.recorder = None
         was_active = recorder.active
-        await recorder.stop()
-        await self._release(call_cid)
-        if was_active:
+        stopping = recorder.stop()  # takes no more parts from here on
+        if was_active:  # stopped, then ready once the file is closed
             self.emit(ev.RECORDING_STOPPED, call_cid, call_session_id=recorder.session_id)
+        await stopping
+        await self._release(call_cid)
 
     def is_recording(self, call_cid: str) -> bool:
         program = self.programs.get(call_cid)

@@ -23,6 +23,7 @@ from ..errors import (
     InputError,
     NotFoundError,
     PermissionDeniedError,
+    TokenRevokedError,
 )
 from ..logs import redact
 from ..store.db import Store, utcnow
@@ -75,6 +76,48 @@ class Participant:
     disconnect: Callable[[str], None] | None = None
     health: Callable[[], dict[str, Any]] | None = None
     tracks: list[str] = field(default_factory=list)
+
+
+WATCH_CAPABILITIES = frozenset({caps.JOIN_CALL, caps.JOIN_BACKSTAGE})
+"""The capabilities that let someone receive a call; a watcher that loses one is cut."""
+CUT_KICKED = "kicked"
+CUT_REVOKED = "revoked"
+CUT_REMOVED = "removed"
+"""Why a watcher is cut (the front end picks its close code by it): kicked, its token revoked,
+removed from the call or its role no longer lets it watch."""
+
+Disconnect = Callable[[str, str], None]
+"""``(cause, reason)``: end a watcher's session now (must not block); ``cause`` is a ``CUT_*``."""
+
+
+@dataclass(eq=False, slots=True)
+class Watcher:
+    """Someone who receives a call without publishing: a WHEP viewer or a call WebSocket client.
+    Not a participant (not listed, no joined/left events), but kick, revocation and removal from
+    the call end its session just the same."""
+
+    call_cid: str
+    caller: Caller
+    source: str  # "whep", "websocket"
+    disconnect: Disconnect
+    rights: frozenset[str] = WATCH_CAPABILITIES
+    """The watch capabilities it was admitted with."""
+
+
+def _no_hold(disconnect: Disconnect) -> Callable[[], None]:
+    return lambda: None
+
+
+@dataclass(frozen=True, slots=True)
+class WatchGrant:
+    """What :meth:`CallService.authorize_whep` allows: whose media to play, and ``hold``, which
+    puts the viewer on the call's roster (so kick and revocation reach it) until the function it
+    returns is called. ``hold`` raises :class:`TokenRevokedError` if the token was revoked
+    meanwhile."""
+
+    call_cid: str
+    participant_id: str
+    hold: Callable[[Disconnect], Callable[[], None]] = _no_hold
 
 
 def _check_id(kind: str, value: str) -> str:
@@ -156,6 +199,8 @@ class CallService:
         self.http_base = http_base.rstrip("/")
         self.token_leeway = token_leeway
         self.participants: dict[str, dict[str, Participant]] = {}
+        self.watchers: dict[str, set[Watcher]] = {}
+        self._revoked_before: dict[str, float] = {}  # user id -> cutoff seen by this process
         self.egress: Egress | None = None  # HLS and recording (ingest/egress.py), set by the app
 
     # --- start-up --------------------------------------------------------------------------
@@ -529,7 +574,9 @@ class CallService:
     async def _reconsider_participants(
         self, call: Call, ct: CallType, user_id: str, why: str
     ) -> None:
-        """A member lost their role: publishers who may no longer send are disconnected."""
+        """A member lost their role or was removed: publishers who may no longer send are
+        disconnected; watchers of a removed member are cut, and those whose role no longer
+        grants what they were admitted with (join-call, join-backstage)."""
         caller = Caller(server=False, user_id=user_id)
         have = await self.capabilities_of(caller, call, ct)
         for p in list(self.participants.get(call.cid, {}).values()):
@@ -537,6 +584,18 @@ class CallService:
                 continue
             if caps.SEND_AUDIO not in have and caps.SEND_VIDEO not in have:
                 self._disconnect(p, f"user '{user_id}' was {why}")
+        watchers = [
+            watcher
+            for watcher in self.watchers.get(call.cid, ())
+            if watcher.caller.user_id == user_id
+        ]
+        if not watchers:
+            return
+        removed = await self.store.get_member(call.cid, user_id) is None
+        for watcher in watchers:
+            rights = WATCH_CAPABILITIES & set(await self.capabilities_of(watcher.caller, call, ct))
+            if removed or not watcher.rights <= rights:
+                self._cut(watcher, CUT_REMOVED, f"user '{user_id}' was {why}")
 
     # --- live / backstage ------------------------------------------------------------------
 
@@ -744,6 +803,52 @@ class CallService:
             log.info("disconnecting %s from %s: %s", p.user_id, p.call_cid, reason)
             p.disconnect(reason)
 
+    def add_watcher(
+        self,
+        call_cid: str,
+        caller: Caller,
+        source: str,
+        disconnect: Disconnect,
+        rights: frozenset[str] = WATCH_CAPABILITIES,
+    ) -> Watcher:
+        """Put a watcher on the call's roster until :meth:`remove_watcher`. Raises
+        :class:`TokenRevokedError` if its token was revoked after it was verified (a revocation
+        that ran while the watcher was being admitted)."""
+        claims = caller.claims
+        if not caller.server and claims is not None and caller.user_id is not None:
+            cutoff = self._revoked_before.get(caller.user_id)
+            if cutoff is not None and (claims.issued_at is None or claims.issued_at < cutoff):
+                raise TokenRevokedError(
+                    f"token of user '{caller.user_id}' was revoked: create a new one"
+                )
+        watcher = Watcher(call_cid, caller, source, disconnect, rights)
+        self.watchers.setdefault(call_cid, set()).add(watcher)
+        return watcher
+
+    def remove_watcher(self, watcher: Watcher) -> None:
+        """Take a watcher off the roster (its session ended); again does nothing."""
+        by_call = self.watchers.get(watcher.call_cid)
+        if by_call is None:
+            return
+        by_call.discard(watcher)
+        if not by_call:
+            del self.watchers[watcher.call_cid]
+
+    def _cut(self, watcher: Watcher, cause: str, reason: str) -> None:
+        """End a watcher's session, once."""
+        self.remove_watcher(watcher)
+        log.info(
+            "ending the %s session of %s in %s: %s",
+            watcher.source,
+            watcher.caller.label,
+            watcher.call_cid,
+            reason,
+        )
+        try:
+            watcher.disconnect(cause, reason)
+        except Exception:  # one front end's failure must not stop a kick or revocation
+            log.exception("ending the %s session of %s", watcher.source, watcher.caller.label)
+
     async def kick(
         self, caller: Caller, call_type: str, call_id: str, body: w.KickUserRequest
     ) -> int:
@@ -757,20 +862,35 @@ class CallService:
             if p.user_id == user_id:
                 self._disconnect(p, f"kicked by {caller.label}")
                 kicked += 1
+        for watcher in list(self.watchers.get(call.cid, ())):
+            if watcher.caller.user_id == user_id:
+                self._cut(watcher, CUT_KICKED, f"kicked from {call.cid} by {caller.label}")
         self.bus.emit(ev.KICKED_USER, call.cid, user={"id": user_id})
         return kicked
 
     def _enforce_revocation(self, user: User) -> None:
-        """Revoking a user's tokens ends the sessions that those tokens opened."""
+        """Revoking a user's tokens ends the sessions that those tokens opened: publishers and
+        watchers (WHEP, the call WebSocket), in every call."""
         cutoff = user.revoke_tokens_issued_before
         if cutoff is None:
+            self._revoked_before.pop(user.id, None)
             return
+        self._revoked_before[user.id] = cutoff.timestamp()
         for by_call in list(self.participants.values()):
             for p in list(by_call.values()):
                 if p.user_id == user.id and (
                     p.token_issued_at is None or p.token_issued_at < cutoff.timestamp()
                 ):
                     self._disconnect(p, "the user's tokens were revoked")
+        for watchers in list(self.watchers.values()):
+            for watcher in list(watchers):
+                issued = (
+                    watcher.caller.claims.issued_at if watcher.caller.claims is not None else None
+                )
+                if watcher.caller.user_id == user.id and (
+                    issued is None or issued < cutoff.timestamp()
+                ):
+                    self._cut(watcher, CUT_REVOKED, f"the tokens of user '{user.id}' were revoked")
 
     # --- RTMP ------------------------------------------------------------------------------
 
@@ -851,8 +971,9 @@ class CallService:
 
     async def authorize_whep(
         self, token: str, call_type: str, call_id: str, user_id: str
-    ) -> tuple[str, str]:
-        """WHEP: (call cid, participant session id) of user_id's live publish, if allowed."""
+    ) -> WatchGrant:
+        """WHEP: the call and participant session of user_id's live publish, if allowed, and
+        how to hold the viewer on the roster (kick and revocation end its session)."""
         caller = await self.authenticate(token)
         call, ct = await self.load_call(call_type, call_id)
         await self.authorize_watch(caller, call, ct)
@@ -862,7 +983,15 @@ class CallService:
                 f"user '{user_id}' is not publishing in {call.cid} right now: start the RTMP "
                 "stream first (participants: GET .../participants)"
             )
-        return call.cid, live[-1].session_id
+        rights = WATCH_CAPABILITIES
+        if not caller.server:
+            rights = WATCH_CAPABILITIES & set(await self.capabilities_of(caller, call, ct))
+
+        def hold(disconnect: Disconnect) -> Callable[[], None]:
+            watcher = self.add_watcher(call.cid, caller, "whep", disconnect, rights)
+            return lambda: self.remove_watcher(watcher)
+
+        return WatchGrant(call.cid, live[-1].session_id, hold)
 
     # --- addresses -------------------------------------------------------------------------
 

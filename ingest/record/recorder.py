@@ -19,7 +19,7 @@ import errno
 import logging
 import secrets
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from ingest.hls.segmenter import Init, Part
@@ -103,15 +103,18 @@ class Recorder:
         self._queue.append(item)
         self._wake.set()
 
-    async def stop(self) -> None:
-        """Write what is queued, close the file; ``on_ready`` fires for it."""
-        if self.stopped:
-            return
-        self.stopped = True
-        self._queue.append(None)
-        self._wake.set()
+    def stop(self) -> Awaitable[None]:
+        """Take no more parts; the result, awaited, writes what is queued and closes the file
+        (``on_ready`` fires for it)."""
+        if not self.stopped:
+            self.stopped = True
+            self._queue.append(None)
+            self._wake.set()
+        return self._finished()
+
+    async def _finished(self) -> None:
         with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+            await asyncio.shield(self._task)
 
     async def cancel(self) -> None:
         self.stopped = True

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -74,6 +75,8 @@ class Session:
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     watchdog: asyncio.Task[None] | None = None
+    on_close: Callable[[], None] | None = None
+    """Called once when the session ends, however it ends (the app's roster lets go)."""
 
 
 class SFU:
@@ -129,11 +132,17 @@ class SFU:
         return bridge is not None and not bridge.ended and bridge.transcoding
 
     async def subscribe(
-        self, offer_sdp: str, call_cid: str, participant_id: str
+        self,
+        offer_sdp: str,
+        call_cid: str,
+        participant_id: str,
+        *,
+        on_close: Callable[[], None] | None = None,
     ) -> tuple[str, str]:
         """Answer a viewer's offer with the participant's media; returns (answer SDP, session
         id). Raises :class:`NotFoundError` if the participant publishes nothing,
-        :class:`InputError` for an offer we cannot answer, :class:`RateLimitedError` when full."""
+        :class:`InputError` for an offer we cannot answer, :class:`RateLimitedError` when full.
+        ``on_close`` is called once when the session ends (also if this raises)."""
         if len(self._sessions) >= self.max_sessions:
             raise RateLimitedError(f"this server already has {self.max_sessions} viewers")
         offer = _parse_offer(offer_sdp)
@@ -150,6 +159,7 @@ class SFU:
             call_cid=call_cid,
             participant_id=participant_id,
             pc=RTCPeerConnection(RTCConfiguration(iceServers=[])),
+            on_close=on_close,
         )
         try:
             transceivers: dict[Kind, RTCRtpTransceiver] = {}
@@ -191,6 +201,11 @@ class SFU:
             ", ".join(repr(b) for b in session.bridges),
         )
         return session.pc.localDescription.sdp, session.session_id
+
+    def end(self, session_id: str, reason: str) -> None:
+        """Close a session soon (its peer connection closes, so media stops) and log why; for
+        callers that cannot wait (kick, revocation). Unknown ids are ignored."""
+        self._close_later(session_id, reason)
 
     async def close(self, session_id: str) -> None:
         """Close a viewer session; :class:`NotFoundError` if there is none by that id."""
@@ -249,6 +264,12 @@ class SFU:
         bridges, session.bridges = session.bridges, []
         for bridge in bridges:
             await self._release(bridge)
+        on_close, session.on_close = session.on_close, None
+        if on_close is not None:
+            try:
+                on_close()
+            except Exception:
+                log.exception("after closing session %s…", session.session_id[:6])
         session.closed.set()
 
     def _watch(self, session: Session) -> None:

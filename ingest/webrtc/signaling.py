@@ -38,7 +38,12 @@ is disconnected. :data:`MAX_SUBSCRIPTIONS` per client, :data:`MAX_MESSAGE_BYTES`
 :data:`MAX_CLIENTS_DEFAULT` clients per process.
 
 A WebSocket client is a *watcher*, not a call participant: it does not appear in
-``participants`` nor cause ``call.session_participant_joined`` (it publishes nothing).
+``participants`` nor cause ``call.session_participant_joined`` (it publishes nothing). It is on
+the call's roster of watchers (:meth:`CallService.add_watcher`), so a kick (4409), a revocation
+of the user's tokens (4401) or removal from the call (4403) ends it at once: an ``error`` message
+with the reason, then the close with the same reason; its peer connections close with it, and
+nothing it sends after the cut is acted on. A client that does not take the close within
+:data:`CUT_GRACE` seconds is dropped.
 """
 
 from __future__ import annotations
@@ -66,7 +71,14 @@ from starlette.websockets import WebSocketDisconnect
 
 from ingest.calls import capabilities as caps
 from ingest.calls import events as ev
-from ingest.calls.service import Caller, CallService
+from ingest.calls.service import (
+    CUT_KICKED,
+    CUT_REVOKED,
+    WATCH_CAPABILITIES,
+    Caller,
+    CallService,
+    Watcher,
+)
 from ingest.errors import (
     AuthenticationError,
     InputError,
@@ -103,6 +115,8 @@ MAX_ID_LENGTH = 255
 """Longest ``user_session_id`` accepted in a message."""
 MAX_CLOSE_REASON_BYTES = 123
 """RFC 6455: a close reason fits in a control frame."""
+CUT_GRACE = 2.0
+"""Seconds a kicked / revoked / removed client has to take its close before it is dropped."""
 
 # --- close codes and error codes ------------------------------------------------------------
 
@@ -132,6 +146,7 @@ ERR_MEDIA = "media_unsupported"
 ERR_UNAUTHORIZED = "unauthorized"
 ERR_NOT_FOUND = "not_found"
 ERR_INTERNAL = "internal"
+ERR_KICKED = "kicked"
 
 AIORTC_H264_PROFILE = "42e01f"
 """The H.264 entry of aiortc's codec table we offer (and map answers back to)."""
@@ -465,6 +480,9 @@ class SignalingClient:
         self._tasks: set[asyncio.Task[None]] = set()
         self._writer: asyncio.Task[None] | None = None
         self._cleaned = False
+        self._closing = False
+        self.watcher: Watcher | None = None
+        """Its entry on the call's roster (set once admitted)."""
 
     def __repr__(self) -> str:
         return f"<SignalingClient {self.caller.label} in {self.call_cid}>"
@@ -520,8 +538,31 @@ class SignalingClient:
             )
 
     def close(self, code: int, reason: str) -> None:
-        """Close the socket after what is already queued."""
+        """Close the socket after what is already queued (the first close wins)."""
+        if self._closing:
+            return
+        self._closing = True
         self.outbox.put_control(CloseRequest(code, close_reason(reason)), force=True)
+
+    def cut(self, cause: str, reason: str) -> None:
+        """The call's roster ends this client (kick, revocation, removal): the reason as an
+        ``error`` and in the close; dropped if it does not take them within the grace."""
+        if self._closing:
+            return
+        if cause == CUT_KICKED:
+            code, error = CLOSE_KICKED, ERR_KICKED
+        elif cause == CUT_REVOKED:
+            code, error = CLOSE_UNAUTHORIZED, ERR_UNAUTHORIZED
+        else:
+            code, error = CLOSE_FORBIDDEN, ERR_NOT_ALLOWED
+        self.outbox.put_control(error_message(error, reason), force=True)
+        self.close(code, reason)
+        asyncio.get_running_loop().call_later(self.signaling.cut_grace, self._drop_socket)
+
+    def _drop_socket(self) -> None:
+        if not self.finished.is_set() and self._writer is not None:
+            log.warning("%r did not take its close in time; dropping it", self)
+            self._writer.cancel()  # ends run(): its peer connections close
 
     # -- the socket ------------------------------------------------------------------------
 
@@ -560,6 +601,8 @@ class SignalingClient:
                 self._send(error_message(exc.code, exc.message))
 
     async def _dispatch(self, msg: ClientMessage) -> None:
+        if self._closing:
+            return  # cut or closing: nothing it asks for any more
         if isinstance(msg, Ping):
             self._send({"type": "pong"})
         elif isinstance(msg, Subscribe):
@@ -608,6 +651,8 @@ class SignalingClient:
             await self._on_event(await events.get())
 
     async def _on_event(self, event: dict[str, Any]) -> None:
+        if self._closing:
+            return
         type_ = event.get("type")
         participant = event.get("participant")
         usid = participant.get("user_session_id") if isinstance(participant, dict) else None
@@ -665,6 +710,8 @@ class SignalingClient:
         except NotFoundError as exc:
             raise ProtocolError(ERR_NOT_FOUND, exc.message) from None
         async with self._lock:
+            if self._closing:  # cut while the call was being checked
+                return
             if user_session_id in self.subscriptions:
                 raise ProtocolError(
                     ERR_ALREADY_SUBSCRIBED, f"already subscribed to {user_session_id}"
@@ -905,6 +952,7 @@ class Signaling:
         control_queue: int = CONTROL_QUEUE,
         auth_timeout: float = AUTH_TIMEOUT,
         track_settle: float = TRACK_SETTLE,
+        cut_grace: float = CUT_GRACE,
     ) -> None:
         self.calls = calls
         self.hub = hub
@@ -915,6 +963,7 @@ class Signaling:
         self.control_queue = control_queue
         self.auth_timeout = auth_timeout
         self.track_settle = track_settle
+        self.cut_grace = cut_grace
         self.clients: set[SignalingClient] = set()
         self._stopping = False
 
@@ -945,6 +994,8 @@ class Signaling:
             await client.run()
         finally:
             self.clients.discard(client)
+            if client.watcher is not None:
+                self.calls.remove_watcher(client.watcher)
             log.info("%r left", client)
 
     async def _admit(self, ws: WebSocket) -> SignalingClient:
@@ -981,7 +1032,14 @@ class Signaling:
                 ERR_NOT_ALLOWED,
                 f"{caller.label} may not join {call.cid}: their role lacks 'join-call'",
             )
-        return SignalingClient(self, ws, call.cid, caller, have)
+        client = SignalingClient(self, ws, call.cid, caller, have)
+        try:  # on the roster before it sees anything: kick and revocation reach it from now
+            client.watcher = self.calls.add_watcher(
+                call.cid, caller, "websocket", client.cut, WATCH_CAPABILITIES & set(have)
+            )
+        except AuthenticationError as exc:  # revoked while it was being admitted
+            raise _Refusal(CLOSE_UNAUTHORIZED, ERR_UNAUTHORIZED, exc.message) from None
+        return client
 
     async def _auth_message(self, ws: WebSocket) -> str:
         try:

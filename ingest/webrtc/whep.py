@@ -7,24 +7,31 @@ ICE (the answer holds every candidate): ``PATCH`` answers 405. ``OPTIONS`` answe
 preflights; every response carries ``Access-Control-Allow-Origin: *`` and exposes ``Location``.
 
 Who may watch is the app's business: ``authorize(token, call_type, call_id, user_id)`` checks the
-token and backstage rules and returns the call cid and the participant id user_id publishes as;
-it raises :class:`~ingest.errors.IngestError` subclasses, returned as
+token and backstage rules and returns a :class:`~ingest.calls.service.WatchGrant`: the call cid,
+the participant id user_id publishes as, and ``hold``, which keeps the viewer on the call's
+roster so that a kick, a revocation or removal from the call closes its peer connection (media
+stops at once). It raises :class:`~ingest.errors.IngestError` subclasses, returned as
 ``{"code", "message", "StatusCode"}`` with the error's status (401, 403, 404, ...).
+
+The offer is read under :data:`~ingest.webrtc.sfu.MAX_OFFER_BYTES` while it streams in
+(:func:`ingest.http.read_body`); a larger one is refused with 413 and the connection closed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from ingest.errors import AuthenticationError, IngestError, InputError
+from ingest.calls.service import CUT_REVOKED, WatchGrant
+from ingest.errors import AuthenticationError, IngestError, InputError, PermissionDeniedError
 from ingest.http import PayloadTooLargeError, read_body
 from ingest.webrtc.sfu import MAX_OFFER_BYTES, SFU
 
-Authorize = Callable[[str, str, str, str], Awaitable[tuple[str, str]]]
-"""``(token, call_type, call_id, user_id) -> (call_cid, participant_id)``."""
+Authorize = Callable[[str, str, str, str], Awaitable[WatchGrant]]
+"""``(token, call_type, call_id, user_id) -> WatchGrant``."""
 
 SDP_MEDIA_TYPE = "application/sdp"
 CORS_HEADERS = {
@@ -83,8 +90,8 @@ def build_whep_router(sfu: SFU, authorize: Authorize) -> APIRouter:
                 offer = body.decode()
             except UnicodeDecodeError as exc:
                 raise InputError("the SDP offer is not UTF-8 text") from exc
-            call_cid, participant_id = await authorize(token, call_type, call_id, user_id)
-            answer, session_id = await sfu.subscribe(offer, call_cid, participant_id)
+            grant = await authorize(token, call_type, call_id, user_id)
+            answer, session_id = await _subscribe(sfu, grant, offer)
         except IngestError as exc:
             response = error_response(exc)
             if isinstance(exc, PayloadTooLargeError):
@@ -127,3 +134,33 @@ def build_whep_router(sfu: SFU, authorize: Authorize) -> APIRouter:
         return Response(status_code=204, headers=CORS_HEADERS)
 
     return router
+
+
+@dataclass
+class _Cut:
+    """A viewer's session as its roster entry sees it: cut before or after it exists."""
+
+    sfu: SFU
+    session_id: str | None = None
+    cause: str | None = None
+    reason: str = ""
+
+    def __call__(self, cause: str, reason: str) -> None:
+        self.cause, self.reason = cause, reason
+        if self.session_id is not None:
+            self.sfu.end(self.session_id, reason)
+
+
+async def _subscribe(sfu: SFU, grant: WatchGrant, offer: str) -> tuple[str, str]:
+    """A viewer session held on the call's roster from before the answer until it closes."""
+    cut = _Cut(sfu)
+    release = grant.hold(cut)  # raises if the token was revoked since it was checked
+    answer, session_id = await sfu.subscribe(
+        offer, grant.call_cid, grant.participant_id, on_close=release
+    )
+    cut.session_id = session_id
+    if cut.cause is not None:  # kicked or revoked while the answer was being made
+        await sfu.close(session_id)
+        error = AuthenticationError if cut.cause == CUT_REVOKED else PermissionDeniedError
+        raise error(f"this viewer's session was ended: {cut.reason}")
+    return answer, session_id

@@ -4,99 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from ingest.app import App
-from ingest.calls.events import Subscription
-from ingest.calls.tokens import create_server_token, create_token
-from tests.conftest import API_KEY, API_SECRET
+from tests.e2e.egress_helpers import CALL, CID, Api, ffprobe, open_api, wait_event
 from tests.e2e.media import MEDIA_DIR, make_flv, push
 
 pytestmark = pytest.mark.e2e
-
-CALL = "livestream/hlsshow"
-CID = "livestream:hlsshow"
-
-
-class Api:
-    """The REST API with a server token, over plain httpx."""
-
-    def __init__(self, app: App) -> None:
-        self.app = app
-        self.http = httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{app.http_port}",
-            headers={"Authorization": create_server_token(API_SECRET)},
-            params={"api_key": API_KEY},
-            timeout=30,
-        )
-
-    async def post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        r = await self.http.post(f"/api/v2/video/call/{CALL}{path}", json=body or {})
-        assert r.status_code == 201 or r.status_code == 200, r.text
-        data: dict[str, Any] = r.json()
-        return data
-
-    async def get(self, path: str = "") -> dict[str, Any]:
-        r = await self.http.get(f"/api/v2/video/call/{CALL}{path}")
-        assert r.status_code == 200, r.text
-        data: dict[str, Any] = r.json()
-        return data
-
-    async def setup(self) -> str:
-        """Users, the call with alice as host; returns alice's RTMP URL."""
-        r = await self.http.post(
-            "/api/v2/users", json={"users": {u: {"id": u} for u in ("alice", "viewer")}}
-        )
-        assert r.status_code == 201 or r.status_code == 200, r.text
-        got = await self.post(
-            "",
-            {"data": {"created_by_id": "alice", "members": [{"user_id": "alice", "role": "host"}]}},
-        )
-        address = got["call"]["ingress"]["rtmp"]["address"]
-        return f"{address}/{create_token(API_SECRET, 'alice')}"
-
-
-@pytest.fixture
-async def api(server: App) -> AsyncIterator[Api]:
-    client = Api(server)
-    yield client
-    await client.http.aclose()
-
-
-@pytest.fixture(scope="session")
-def media() -> Path:
-    MEDIA_DIR.mkdir(exist_ok=True)
-    return MEDIA_DIR
-
-
-async def wait_event(sub: Subscription, type_: str, within: float = 20) -> dict[str, Any]:
-    async def loop() -> dict[str, Any]:
-        while True:
-            event = await sub.get()
-            if event["type"] == type_:
-                return event
-
-    return await asyncio.wait_for(loop(), within)
-
-
-async def ffprobe(*args: str) -> dict[str, Any]:
-    """ffprobe's JSON (run without blocking the loop: the server under test is on it)."""
-    proc = await asyncio.create_subprocess_exec(
-        "ffprobe", "-v", "error", "-of", "json", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 50)
-    assert proc.returncode == 0, err.decode(errors="replace")
-    data: dict[str, Any] = json.loads(out)
-    return data
 
 
 def playlist_segments(text: str) -> list[tuple[float, str]]:
@@ -104,11 +23,16 @@ def playlist_segments(text: str) -> list[tuple[float, str]]:
 
 
 async def test_ll_hls_plays_in_ffprobe_with_segments_matching_extinf(
-    server: App, api: Api, media: Path, tmp_path: Path
+    server: App, tmp_path: Path
 ) -> None:
     # 2 s GOP with B-frames: segments are one GOP, B-frames are carried as they are.
-    src = make_flv(media / "hls-bf2-g60.flv", seconds=12, gop=60, bframes=2)
-    url = await api.setup()
+    src = make_flv(MEDIA_DIR / "hls-bf2-g60.flv", seconds=12, gop=60, bframes=2)
+    async with open_api(server) as api:
+        url = await api.setup()
+        await hls_end_to_end(server, api, url, src, tmp_path)
+
+
+async def hls_end_to_end(server: App, api: Api, url: str, src: Path, tmp_path: Path) -> None:
     with server.bus.subscribe(CID) as sub:
         await api.post("/go_live", {"start_hls": True})
         assert server.egress is not None
@@ -187,10 +111,11 @@ async def test_ll_hls_plays_in_ffprobe_with_segments_matching_extinf(
         assert server.egress.hls_status(CID) == "stopped"
 
 
-async def test_nothing_runs_without_hls_or_recording(server: App, api: Api, media: Path) -> None:
-    src = make_flv(media / "hls-bf2-g60.flv", seconds=12, gop=60, bframes=2)
-    url = await api.setup()
-    await api.post("/go_live", {})
+async def test_nothing_runs_without_hls_or_recording(server: App) -> None:
+    src = make_flv(MEDIA_DIR / "hls-bf2-g60.flv", seconds=12, gop=60, bframes=2)
+    async with open_api(server) as api:
+        url = await api.setup()
+        await api.post("/go_live", {})
     with server.hub.watch(CID) as watch:
         proc = await push(url, src, realtime=True)
         await asyncio.wait_for(watch.get(), 20)

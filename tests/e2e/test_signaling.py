@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed
 
 from ingest.app import App
 from ingest.calls import events as ev
+from ingest.calls import wire as w
 from ingest.calls.service import SERVER
 from ingest.calls.tokens import create_token
 from ingest.webrtc import signaling as sig
@@ -48,18 +49,14 @@ def clip() -> Path:
 async def app(server: App, monkeypatch: pytest.MonkeyPatch) -> App:
     """The server with a livestream call (in backstage) whose hosts are alice, bob, carol."""
     chrome_like_h264(monkeypatch)  # the client's aiortc accepts H.264 High, like Chrome
-    users = {u: {"id": u} for u in (*HOSTS, "viewer")}
-    await server.calls.upsert_users(SERVER, {"users": users})
+    users = {u: w.UserRequest(id=u) for u in (*HOSTS, "viewer")}
+    await server.calls.upsert_users(SERVER, w.UpdateUsersRequest(users=users))
+    hosts = [w.MemberRequest(user_id=u, role="host") for u in HOSTS]
     await server.calls.get_or_create_call(
         SERVER,
         CALL_TYPE,
         CALL_ID,
-        {
-            "data": {
-                "created_by_id": "alice",
-                "members": [{"user_id": u, "role": "host"} for u in HOSTS],
-            }
-        },
+        w.GetOrCreateCallRequest(data=w.CallRequest(created_by_id="alice", members=hosts)),
     )
     return server
 
@@ -290,13 +287,13 @@ async def test_viewer_waits_for_live_and_loses_media_in_backstage(app: App, clip
             assert refused["code"] == sig.ERR_NOT_ALLOWED
             assert "not live yet" in refused["message"]
 
-            await app.calls.go_live(SERVER, CALL_TYPE, CALL_ID, {})
+            await app.calls.go_live(SERVER, CALL_TYPE, CALL_ID, w.GoLiveRequest())
             await c.expect(typed(ev.CALL_LIVE_STARTED), "call.live_started")
             await c.send(type="subscribe", user_session_id=usid)
             await c.expect(typed("offer", user_session_id=usid))
             await c.until_frames(usid, 10)
 
-            await app.calls.stop_live(SERVER, CALL_TYPE, CALL_ID, {})
+            await app.calls.stop_live(SERVER, CALL_TYPE, CALL_ID, w.StopLiveRequest())
             updated = await c.expect(typed(ev.CALL_UPDATED, backstage=True))
             assert updated["call_cid"] == f"{CALL_TYPE}:{CALL_ID}"
             gone = await c.expect(typed("unsubscribed", user_session_id=usid))

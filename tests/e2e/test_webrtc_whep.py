@@ -19,6 +19,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from ingest.calls.service import WatchGrant
 from ingest.media.hub import Hub
 from ingest.media.units import Kind
 from ingest.webrtc.sending import LeanRtpSender
@@ -47,9 +48,9 @@ class Server:
     sfu: SFU
 
 
-async def authorize(token: str, call_type: str, call_id: str, user_id: str) -> tuple[str, str]:
+async def authorize(token: str, call_type: str, call_id: str, user_id: str) -> WatchGrant:
     assert token == "viewer-token"
-    return f"{call_type}:{call_id}", f"{user_id}-rtmp"
+    return WatchGrant(f"{call_type}:{call_id}", f"{user_id}-rtmp")
 
 
 @pytest.fixture

@@ -21,7 +21,14 @@ from fastapi import WebSocket
 
 from ingest.calls import capabilities as caps
 from ingest.calls import events as ev
-from ingest.calls.service import Caller, CallService, Participant
+from ingest.calls.service import (
+    CUT_KICKED,
+    CUT_REMOVED,
+    CUT_REVOKED,
+    Caller,
+    CallService,
+    Participant,
+)
 from ingest.errors import InputError, NotFoundError, PermissionDeniedError
 from ingest.media.hub import Hub
 from ingest.media.units import AudioConfig, Kind, VideoConfig
@@ -499,6 +506,47 @@ async def test_limit_track_settle(calls: FakeCalls) -> None:
         await client.cleanup()
         await sfu.stop()
         hub.close()
+
+
+@pytest.mark.parametrize(
+    ("cause", "code", "error"),
+    [
+        (CUT_KICKED, sig.CLOSE_KICKED, sig.ERR_KICKED),
+        (CUT_REVOKED, sig.CLOSE_UNAUTHORIZED, sig.ERR_UNAUTHORIZED),
+        (CUT_REMOVED, sig.CLOSE_FORBIDDEN, sig.ERR_NOT_ALLOWED),
+    ],
+)
+async def test_a_cut_sends_the_reason_then_closes_and_ignores_the_client(
+    signaling: sig.Signaling, calls: FakeCalls, cause: str, code: int, error: str
+) -> None:
+    assert sig.CUT_GRACE > 0
+    calls.call.backstage = False
+    calls.join("s1")
+    client = make_client(signaling, VIEWER)
+    client.cut(cause, "why it ends")
+    got = sent(client)
+    assert types(got) == ["error", "close"]
+    assert got[0] == sig.error_message(error, "why it ends")
+    assert (got[1].code, got[1].reason) == (code, "why it ends")
+    # nothing it asks for afterwards is done, and the kick event no longer reaches it
+    await client._dispatch(sig.Ping())
+    await client._dispatch(sig.Subscribe("s1"))
+    await client._on_event({"type": ev.KICKED_USER, "call_cid": CID, "user": {"id": "viewer"}})
+    client.cut(CUT_KICKED, "again")
+    assert sent(client) == []
+    assert not client.subscriptions
+
+
+async def test_a_cut_client_that_does_not_take_its_close_is_dropped(
+    signaling: sig.Signaling,
+) -> None:
+    signaling.cut_grace = 0.0
+    client = make_client(signaling, VIEWER)
+    never = asyncio.get_running_loop().create_future()
+    client._writer = asyncio.ensure_future(never)  # a writer stuck on a client that never reads
+    client.cut(CUT_REVOKED, "revoked")
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(client._writer, 5)
 
 
 # --- admission ------------------------------------------------------------------------------

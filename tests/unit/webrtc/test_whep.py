@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
+from ingest.calls.service import CUT_KICKED, CUT_REVOKED, Disconnect, WatchGrant
 from ingest.errors import NotFoundError, PermissionDeniedError
 from ingest.media.hub import Hub
 from ingest.media.units import AudioConfig, Kind, VideoConfig
@@ -20,15 +22,24 @@ AAC = AudioConfig(codec="aac", record=b"\x11\x90", sample_rate=48_000, channels=
 SDP = {"Content-Type": "application/sdp", "Authorization": "Bearer tok-123"}
 
 calls: list[tuple[str, str, str, str]] = []
+held: list[tuple[str, Disconnect, list[bool]]] = []  # (user, how to cut it, released?)
 
 
-async def authorize(token: str, call_type: str, call_id: str, user_id: str) -> tuple[str, str]:
+async def authorize(token: str, call_type: str, call_id: str, user_id: str) -> WatchGrant:
     calls.append((token, call_type, call_id, user_id))
     if user_id == "eve":
         raise PermissionDeniedError("eve may not watch this call while it is backstage")
     if user_id == "ghost":
         raise NotFoundError("ghost is not publishing in livestream:show")
-    return f"{call_type}:{call_id}", f"{user_id}-rtmp"
+
+    def hold(disconnect: Disconnect) -> Callable[[], None]:
+        released: list[bool] = []
+        held.append((user_id, disconnect, released))
+        if token == "cut-at-once":  # kicked while the answer is being made
+            disconnect(CUT_KICKED, "kicked by the host")
+        return lambda: released.append(True)
+
+    return WatchGrant(f"{call_type}:{call_id}", f"{user_id}-rtmp", hold)
 
 
 @pytest.fixture
@@ -44,6 +55,7 @@ async def client() -> AsyncIterator[tuple[httpx.AsyncClient, SFU]]:
         yield http, sfu
     await sfu.stop()
     calls.clear()
+    held.clear()
 
 
 async def test_offer_gets_201_with_answer_and_location(
@@ -128,3 +140,49 @@ def test_bearer_token_parsing() -> None:
 
     assert bearer_token(request("Bearer abc.def")) == "abc.def"
     assert bearer_token(request("bearer  abc ")) == "abc"
+
+
+async def test_a_cut_closes_the_session_and_releases_the_roster(
+    client: tuple[httpx.AsyncClient, SFU],
+) -> None:
+    """Kick / revocation reach a WHEP viewer: its peer connection closes, media stops."""
+    http, sfu = client
+    resp = await http.post("/api/whep/livestream/show/alice", content=CHROME, headers=SDP)
+    assert resp.status_code == 201, resp.text
+    ((_, disconnect, released),) = held
+    (session,) = sfu.sessions.values()
+    assert released == []
+    disconnect(CUT_REVOKED, "the tokens of user 'viewer' were revoked")
+    await asyncio.wait_for(session.closed.wait(), 10)
+    assert session.pc.connectionState == "closed"
+    assert not sfu.sessions
+    assert released == [True]  # off the roster
+    resp = await http.delete(resp.headers["location"])
+    assert resp.status_code == 404
+
+
+async def test_a_cut_before_the_answer_refuses_the_offer(
+    client: tuple[httpx.AsyncClient, SFU],
+) -> None:
+    http, sfu = client
+    headers = {**SDP, "Authorization": "Bearer cut-at-once"}
+    resp = await http.post("/api/whep/livestream/show/alice", content=CHROME, headers=headers)
+    assert resp.status_code == 403, resp.text
+    assert "kicked by the host" in resp.json()["message"]
+    assert not sfu.sessions
+    assert held[0][2] == [True]
+
+
+async def test_an_offer_over_the_limit_is_refused_by_its_length(
+    client: tuple[httpx.AsyncClient, SFU],
+) -> None:
+    http, _ = client
+    headers = {**SDP, "Content-Length": str(MAX_OFFER_BYTES + 1)}
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"v=0"  # never the whole declared length: the server must not wait for it
+
+    resp = await http.post("/api/whep/livestream/show/alice", content=body(), headers=headers)
+    assert resp.status_code == 413
+    assert resp.headers["connection"] == "close"
+    assert calls == []  # refused before anyone looked at the token

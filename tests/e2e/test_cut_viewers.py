@@ -1,0 +1,167 @@
+"""Kick, revocation and removal from the call reach every session of the user, not only RTMP:
+a WHEP viewer's peer connection closes and its media stops, a call WebSocket is closed with the
+reason, within CUT_DEADLINE, against the running server with a real ffmpeg publisher."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from ingest.app import App
+from ingest.calls.tokens import create_server_token, create_token
+from ingest.webrtc import signaling as sig
+from tests.conftest import API_KEY, API_SECRET
+from tests.e2e.media import MEDIA_DIR, make_flv, push
+from tests.e2e.webrtc_viewer import Viewer
+from tests.unit.webrtc.synth import chrome_like_h264
+
+pytestmark = pytest.mark.e2e
+
+TIMEOUT = 20.0
+CUT_DEADLINE = 5.0  # the promise: the session ends within this after the API call returns
+QUIET = 1.0  # seconds a cut viewer is watched to see that no media follows
+
+
+@pytest.fixture(scope="session")
+def clip() -> Path:
+    MEDIA_DIR.mkdir(exist_ok=True)
+    return make_flv(MEDIA_DIR / "cut-320x240.flv", seconds=2.0, size="320x240")
+
+
+class Live:
+    def __init__(self, app: App, http: httpx.AsyncClient) -> None:
+        self.app = app
+        self.http = http
+
+    async def api(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        resp = await self.http.request(
+            method,
+            f"/api/v2{path}?api_key={API_KEY}",
+            headers={"Authorization": create_server_token(API_SECRET)},
+            json=body,
+        )
+        assert resp.status_code < 300, resp.text
+        return resp
+
+    def ws_url(self, token: str) -> str:
+        return (
+            f"ws://127.0.0.1:{self.app.http_port}/video/connect?api_key={API_KEY}"
+            f"&call_type=livestream&call_id=show&token={token}"
+        )
+
+
+@pytest.fixture
+async def live(server: App, clip: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Live]:
+    """A live call whose host alice publishes with ffmpeg; 'viewer' is a member (role user)."""
+    chrome_like_h264(monkeypatch)
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{server.http_port}", timeout=TIMEOUT
+    ) as http:
+        live = Live(server, http)
+        users = {u: {"id": u} for u in ("alice", "viewer")}
+        await live.api("POST", "/users", {"users": users})
+        members = [{"user_id": "alice", "role": "host"}, {"user_id": "viewer", "role": "user"}]
+        create = {"data": {"created_by_id": "alice", "members": members}}
+        await live.api("POST", "/video/call/livestream/show", create)
+        await live.api("POST", "/video/call/livestream/show/go_live", {})
+        rtmp = f"rtmp://127.0.0.1:{server.rtmp_port}/{API_KEY}.livestream.show/"
+        publisher = await push(
+            rtmp + create_token(API_SECRET, "alice"), clip, realtime=True, loop=True
+        )
+        try:
+            yield live
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                publisher.kill()
+            await publisher.wait()
+
+
+async def closed(ws: ClientConnection) -> tuple[list[dict[str, Any]], int | None, str]:
+    """The messages until the server closes, and its close code and reason."""
+    got: list[dict[str, Any]] = []
+    try:
+        while True:
+            got.append(json.loads(await ws.recv()))
+    except ConnectionClosed as exc:
+        frame = exc.rcvd
+    if frame is None:
+        raise AssertionError("closed without a close frame from the server")
+    return got, frame.code, frame.reason
+
+
+async def until_joined_with_tracks(ws: ClientConnection) -> None:
+    """Until alice is in the call with tracks (a subscribe gets an offer)."""
+    joined = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+    assert joined["type"] == "joined"
+    usids = [p["user_session_id"] for p in joined["participants"]]
+    while not usids:
+        msg = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+        if msg["type"] == "call.session_participant_joined":
+            usids.append(msg["participant"]["user_session_id"])
+    await ws.send(json.dumps({"type": "subscribe", "user_session_id": usids[0]}))
+    while json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))["type"] != "offer":
+        pass
+
+
+@pytest.mark.parametrize(
+    ("how", "code", "says"),
+    [
+        ("kick", sig.CLOSE_KICKED, "kicked"),
+        ("revoke", sig.CLOSE_UNAUTHORIZED, "revoked"),
+        ("remove", sig.CLOSE_FORBIDDEN, "removed from the call"),
+    ],
+)
+async def test_every_session_of_the_user_ends(live: Live, how: str, code: int, says: str) -> None:
+    token = create_token(API_SECRET, "viewer")
+    async with connect(live.ws_url(token)) as ws:
+        await until_joined_with_tracks(ws)  # alice publishes: WHEP can play her
+        viewer = Viewer(token=token)
+        try:
+            await viewer.connect(
+                f"http://127.0.0.1:{live.app.http_port}/whep/livestream/show/alice"
+            )
+            await viewer.until("video", 5)
+            (session,) = live.app.sfu.sessions.values()
+
+            if how == "kick":
+                await live.api("POST", "/video/call/livestream/show/kick", {"user_id": "viewer"})
+            elif how == "revoke":
+                cut = {"revoke_tokens_issued_before": datetime.now(UTC).isoformat()}
+                await live.api("PATCH", "/users", {"users": [{"id": "viewer", "set": cut}]})
+            else:
+                await live.api(
+                    "POST", "/video/call/livestream/show/members", {"remove_members": ["viewer"]}
+                )
+            cut_at = time.monotonic()
+
+            # the WebSocket: an error with the reason, then the close with it
+            messages, close_code, reason = await asyncio.wait_for(closed(ws), CUT_DEADLINE)
+            assert close_code == code
+            assert says in reason
+            errors = [m for m in messages if m["type"] == "error"]
+            assert errors
+            assert says in errors[-1]["message"]
+            # WHEP: the server closed the peer connection; no media follows
+            await asyncio.wait_for(
+                session.closed.wait(), CUT_DEADLINE - (time.monotonic() - cut_at)
+            )
+            assert session.pc.connectionState == "closed"
+            assert not live.app.sfu.sessions
+            print(f"{how}: both sessions ended {1000 * (time.monotonic() - cut_at):.0f} ms after")
+            received = len(viewer.packets["video"])
+            await asyncio.sleep(QUIET)  # watch on purpose: the absence of media is the point
+            assert len(viewer.packets["video"]) == received
+        finally:
+            await viewer.close()
+    assert not live.app.calls.watchers  # nobody left on the roster
