@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ from .media.hub import Hub
 from .record.storage import LocalStorage
 from .rtmp.server import RTMPServer
 from .store.db import Store
+from .webrtc.aiortc_compat import PortRange, use_port_range
+from .webrtc.ice import IcePolicy, check_url
 from .webrtc.sfu import SFU
 from .webrtc.signaling import Signaling, build_signaling_router
 from .webrtc.whep import build_whep_router
@@ -95,6 +98,42 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.listen(1024)
     sock.setblocking(False)
     return sock
+
+
+def ice_policy(settings: Settings) -> IcePolicy:
+    """The ICE settings as one checked object; a bad value is a ConfigError naming the key."""
+    try:
+        return IcePolicy(
+            urls=tuple(check_url(u) for u in settings.ice_servers),
+            username=settings.turn_username,
+            credential=settings.turn_password,
+            secret=settings.turn_secret,
+            ttl=settings.turn_credential_ttl,
+            public_ips=tuple(settings.public_ips),
+        )
+    except ValueError as e:
+        raise ConfigError(f"bad ICE setting (ice_servers, turn_*, public_ips): {e}") from None
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context for RTMPS (and the check that HTTPS has what it needs), or None."""
+    wanted = settings.https or settings.rtmps_port is not None
+    if not wanted:
+        return None
+    cert, key = settings.tls_cert_file, settings.tls_key_file
+    if cert is None or key is None:
+        raise ConfigError(
+            "https / rtmps_port need tls_cert_file and tls_key_file (PEM files): set both"
+        )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(
+            f"cannot load tls_cert_file {cert} / tls_key_file {key} ({e}): give a PEM "
+            "certificate chain and its private key"
+        ) from None
+    return context
 
 
 class _LiveCollector(Collector):
@@ -167,9 +206,9 @@ class App:
     def __init__(self, settings: Settings) -> None:
         install_redaction()  # no token reaches a log line, whoever writes it (uvicorn, ...)
         self.settings = settings
+        self._cors_origins = self.cors_origins()  # a bad value stops the server here
         self.creds = load_credentials(settings)
         self.store = Store(settings.resolved_database_url)
-        self._cors_origins = self.cors_origins()  # a bad value stops the server here
         self.bus = ev.EventBus()
         self.registry = CollectorRegistry()
         self.http_port = settings.http_port
@@ -180,6 +219,10 @@ class App:
         self.webhooks: ev.WebhookSender | None = None
         self.hub = Hub()
         self.sfu = SFU(self.hub)
+        self.sfu.ice = ice_policy(settings)  # a bad ICE setting stops the server here
+        self.tls = tls_context(settings)
+        self.rtmps: RTMPServer | None = None
+        self.rtmps_port: int | None = None
         self.signaling: Signaling | None = None
         self.rtmp: RTMPServer | None = None
         self.ingress: RtmpIngress | None = None
@@ -195,7 +238,8 @@ class App:
         # Bind first so that port 0 resolves before addresses are computed.
         self._http_sock = _bind(s.host, s.http_port)
         self.http_port = self._http_sock.getsockname()[1]
-        http_base = s.public_http_url or f"http://{s.public_host}:{self.http_port}"
+        scheme = "https" if s.https else "http"
+        http_base = s.public_http_url or f"{scheme}://{s.public_host}:{self.http_port}"
         self.calls = CallService(
             self.store,
             self.bus,
@@ -232,6 +276,28 @@ class App:
             ) from None
         self.rtmp_port = self.rtmp.port
         self.calls.rtmp_base = f"rtmp://{s.public_host}:{s.public_rtmp_port or self.rtmp_port}"
+        if s.rtmps_port is not None:
+            self.rtmps = RTMPServer(
+                self.ingress,
+                s.host,
+                s.rtmps_port,
+                max_connections=s.rtmp_max_connections,
+                idle_timeout=s.rtmp_idle_timeout,
+                ssl=self.tls,
+            )
+            try:
+                await self.rtmps.start()
+            except OSError as e:
+                raise ConfigError(
+                    f"cannot listen for RTMPS on {s.host}:{s.rtmps_port} ({e.strerror}): "
+                    "choose another rtmps_port"
+                ) from None
+            self.rtmps_port = self.rtmps.port
+            # OBS users expect rtmps:// once the server offers it: advertise that.
+            port = s.public_rtmps_port or self.rtmps_port
+            self.calls.rtmp_base = f"rtmps://{s.public_host}:{port}"
+        if s.webrtc_udp_ports:
+            use_port_range(PortRange.parse(s.webrtc_udp_ports))
         if s.webhook_url:
             self.webhooks = ev.WebhookSender(
                 self.bus,
@@ -259,6 +325,8 @@ class App:
             # Bounded WebSocket frames; messages over signaling's own (smaller) limit still get
             # a clear JSON error from signaling.py rather than a bare close.
             ws_max_size=WS_MAX_FRAME_BYTES,
+            ssl_certfile=str(s.tls_cert_file) if s.https else None,
+            ssl_keyfile=str(s.tls_key_file) if s.https else None,
         )
         self._http_server = uvicorn.Server(config)
         self._http_task = asyncio.create_task(
@@ -276,8 +344,8 @@ class App:
         api = FastAPI(
             title="ingest",
             version=__version__,
-            description="The control plane of the ingest livestream server: users, call types, calls, "
-            "members, go live, participants, events. Clients: ingest.client (Python)",
+            description="The control plane of the ingest livestream server: users, call types, "
+            "calls, members, go live, participants, events. Clients: ingest.client (Python)",
         )
         install_error_handlers(api, cors_origins=self._cors_origins)
         api.include_router(build_router(self.calls))
@@ -300,13 +368,6 @@ class App:
 
         return api
 
-    async def stop(self) -> None:
-        """Close everything; calling it again does nothing."""
-        if self._stopped:
-            return
-        self._stopped = True
-        if self.signaling is not None:
-            await self.signaling.stop()
     @property
     def development(self) -> bool:
         """No key and secret configured: they were generated into the data directory."""
@@ -322,9 +383,20 @@ class App:
             )
         return origins or (["*"] if self.development else [])
 
+    async def stop(self) -> None:
+        """Close everything; calling it again does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.signaling is not None:
+            await self.signaling.stop()
         await self.sfu.stop()
         if self.rtmp is not None:
             await self.rtmp.stop()
+        if self.rtmps is not None:
+            await self.rtmps.stop()
+        if self.settings.webrtc_udp_ports:
+            use_port_range(None)
         if self.egress is not None:
             await self.egress.stop()  # finishes recordings (closed files, ready events)
         self.hub.close()

@@ -32,6 +32,7 @@ DEFAULT_WEBHOOK_TIMEOUT = 5.0
 DEFAULT_WEBHOOK_MAX_ATTEMPTS = 3
 DEFAULT_WEBHOOK_QUEUE = 10_000
 DEFAULT_HTTP_REQUEST_TIMEOUT = 10.0  # accept / first byte -> request head and body complete
+DEFAULT_TURN_CREDENTIAL_TTL = 24 * 3600  # seconds a minted TURN credential is valid
 DEFAULT_HTTP_KEEP_ALIVE_TIMEOUT = 5  # seconds an idle keep-alive HTTP connection stays open
 
 
@@ -80,9 +81,42 @@ class Settings(BaseSettings):
         "the default",
     )
 
-    @field_validator("cors_allowed_origins", mode="before")
+    ice_servers: list[str] = Field(
+        default_factory=list,
+        description="STUN/TURN URLs for WebRTC peers (comma-separated in INGEST_ICE_SERVERS), "
+        "e.g. stun:turn.example.org:3478,turn:turn.example.org:3478?transport=udp",
+    )
+    turn_secret: str | None = Field(
+        None, description="coturn's static-auth-secret: short-lived TURN credentials per session"
+    )
+    turn_username: str | None = Field(None, description="static TURN username (no secret)")
+    turn_password: str | None = Field(None, description="static TURN password (no secret)")
+    turn_credential_ttl: int = Field(DEFAULT_TURN_CREDENTIAL_TTL, ge=60, le=7 * 86400)
+    public_ips: list[str] = Field(
+        default_factory=list,
+        description="public addresses advertised in WebRTC candidates besides the private ones "
+        "(a server behind a 1:1 NAT or a load balancer)",
+    )
+    webrtc_udp_ports: str | None = Field(
+        None,
+        pattern=r"^\d{4,5}(-\d{4,5})?$",
+        description="UDP port range for WebRTC media, e.g. 50000-50100 (default: any port)",
+    )
+    rtmps_port: int | None = Field(
+        None, ge=0, le=65535, description="TLS RTMP listener (needs tls_cert_file/tls_key_file)"
+    )
+    public_rtmps_port: int | None = Field(None, ge=1, le=65535)
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate (chain) for HTTPS and RTMPS"
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key for HTTPS and RTMPS")
+    https: bool = Field(
+        False, description="serve the HTTP API, WHIP/WHEP and pages over TLS (needs the files)"
+    )
+
+    @field_validator("cors_allowed_origins", "ice_servers", "public_ips", mode="before")
     @classmethod
-    def _split_origins(cls, value: Any) -> Any:
+    def _split_lists(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [o.strip() for o in value.split(",") if o.strip()]
         return value

@@ -4,8 +4,10 @@ Every request carries ``?api_key=`` and ``Authorization: <JWT>`` (``Bearer `` ac
 come back as :class:`~.wire.ErrorResponse` (``{"code", "message", "StatusCode", "duration",
 "retryable"}``) with a message that says what to fix; a body field of the wrong type, or one the
 API does not know, is a 400 that names it.
-"""
 
+(No ``from __future__ import annotations`` here: FastAPI evaluates the handlers' annotations, and
+they name aliases local to :func:`build_router`.)
+"""
 
 import json
 import logging

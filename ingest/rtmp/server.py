@@ -33,6 +33,7 @@ import ipaddress
 import logging
 import random
 import socket
+import ssl as ssl_module
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -68,6 +69,7 @@ MAX_PENDING_PER_ADDRESS = 4  # publish decisions queued or running for one addre
 MAX_DECISIONS = 4  # publish decisions running at once (below the database pool's 5 connections)
 EVICTION_AGE = 1.0  # seconds; a full server closes unadmitted connections at least this old
 MAX_WRITE_BUFFER = 64 * 1024  # bytes of replies the peer has not read; more closes it
+SEND_BUFFER = 32 * 1024  # SO_SNDBUF: kernel memory for a peer that does not read (we send little)
 REJECT_DELAY = (0.2, 0.6)  # seconds, uniformly random, before a refused publish is answered
 
 log = logging.getLogger("ingest.rtmp")
@@ -171,6 +173,7 @@ class _Peer(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         self._registered = True
         self._timer = self._loop.call_later(server.handshake_timeout, self._handshake_expired)
         self._admission_timer = self._loop.call_later(
@@ -256,6 +259,7 @@ class _Peer(asyncio.Protocol):
             return
         server._pending[self.address] = pending + 1
         self._pending_counted = True
+        server._changed()
         self._decision = server._spawn(self._authorize(event))
 
     def _release_pending(self) -> None:
@@ -461,8 +465,10 @@ class RTMPServer:
         max_decisions: int = MAX_DECISIONS,
         eviction_age: float = EVICTION_AGE,
         max_write_buffer: int = MAX_WRITE_BUFFER,
+        ssl: ssl_module.SSLContext | None = None,
     ) -> None:
         self.handler = handler
+        self.ssl = ssl  # RTMPS: TLS first, then the same RTMP
         self.host = host
         self._port = port
         self.max_connections = max_connections
@@ -483,6 +489,7 @@ class RTMPServer:
         self._pending: dict[str, int] = {}  # publish decisions queued or running per address_key
         self._gate = asyncio.Semaphore(max_decisions)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._waiters: list[asyncio.Future[None]] = []
 
     @property
     def port(self) -> int:
@@ -500,6 +507,20 @@ class RTMPServer:
     def pending_decisions(self) -> int:
         """Publish decisions queued or running."""
         return sum(self._pending.values())
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Return once ``predicate()`` holds, checked whenever a connection opens or closes or a
+        publish decision starts or ends (for tests and orderly shutdowns)."""
+        while not predicate():
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+
+    def _changed(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _admit(self, peer: _Peer) -> bool:
         """Register a new connection, or say no (per-address limit; full and nothing to evict)."""
@@ -534,20 +555,27 @@ class RTMPServer:
         self._peers.add(peer)
         self._unadmitted[peer] = None
         self._by_address[peer.address] = open_here + 1
+        self._changed()
         return True
 
-    @staticmethod
-    def _release(counts: dict[str, int], key: str) -> None:
+    def _release(self, counts: dict[str, int], key: str) -> None:
         n = counts.get(key, 0) - 1
         if n > 0:
             counts[key] = n
         else:
             counts.pop(key, None)
+        self._changed()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Peer(self), self.host, self._port)
-        log.info("RTMP listening on %s:%d", self.host, self.port)
+        self._server = await loop.create_server(
+            lambda: _Peer(self),
+            self.host,
+            self._port,
+            ssl=self.ssl,
+            ssl_handshake_timeout=self.handshake_timeout if self.ssl else None,
+        )
+        log.info("RTMP%s listening on %s:%d", "S" if self.ssl else "", self.host, self.port)
 
     async def stop(self) -> None:
         """Close the listener and every connection; wait for the sessions' ``on_close``."""

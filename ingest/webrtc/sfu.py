@@ -7,8 +7,9 @@ and each viewer has its own bounded reader on the bridge's output, so a slow vie
 its own frames (video: to the next keyframe) and never stalls the publisher or other viewers.
 A bridge lives while it has viewers.
 
-ICE: no STUN/TURN servers (``RTCConfiguration(iceServers=[])``); aiortc offers host candidates
-of every interface, loopback included, all in the answer (no trickle). A session that does not
+ICE: the deployment's STUN/TURN servers and public addresses (:mod:`ingest.webrtc.ice`; none by
+default); aiortc offers host candidates of every interface, loopback included, all in the answer
+(no trickle). A session that does not
 connect within :data:`CONNECT_TIMEOUT` seconds, whose connection fails, or whose publisher's
 tracks all ended, is closed (a WHEP client then POSTs again).
 """
@@ -22,7 +23,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from aiortc.sdp import MediaDescription, SessionDescription
@@ -38,6 +39,7 @@ from ingest.webrtc.bridge import (
     VideoBridge,
     bridge_for,
 )
+from ingest.webrtc.ice import IcePolicy
 from ingest.webrtc.negotiation import (
     h264_answer_codecs,
     opus_preferences,
@@ -100,6 +102,7 @@ class SFU:
         self._bridges: dict[Track, TrackBridge] = {}
         self._refs: dict[TrackBridge, int] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self.ice = IcePolicy()  # STUN/TURN servers and public addresses (set by the app)
 
     @property
     def sessions(self) -> dict[str, Session]:
@@ -158,7 +161,7 @@ class SFU:
             session_id=secrets.token_urlsafe(16),
             call_cid=call_cid,
             participant_id=participant_id,
-            pc=RTCPeerConnection(RTCConfiguration(iceServers=[])),
+            pc=RTCPeerConnection(self.ice.rtc_configuration()),
             on_close=on_close,
         )
         try:
@@ -200,7 +203,7 @@ class SFU:
             participant_id,
             ", ".join(repr(b) for b in session.bridges),
         )
-        return session.pc.localDescription.sdp, session.session_id
+        return self.ice.advertise(session.pc.localDescription.sdp), session.session_id
 
     def end(self, session_id: str, reason: str) -> None:
         """Close a session soon (its peer connection closes, so media stops) and log why; for

@@ -59,7 +59,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.codecs import get_capabilities
 from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
@@ -640,6 +640,11 @@ class SignalingClient:
             "backstage": call.backstage,
             "own_capabilities": self.capabilities,
             "participants": participants,
+            # STUN/TURN servers for this client's peer connections (TURN credentials minted
+            # for this user when the server has a shared secret).
+            "ice_servers": [
+                s.as_json() for s in self.signaling.sfu.ice.servers_for(self.user_id or "server")
+            ],
             "limits": {
                 "max_subscriptions": self.signaling.max_subscriptions,
                 "max_message_bytes": MAX_MESSAGE_BYTES,
@@ -833,10 +838,10 @@ class SignalingClient:
         await self._teardown(sub)
         self._offers += 1
         sub.offer_id = self._offers
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        sfu = self.signaling.sfu
+        pc = RTCPeerConnection(sfu.ice.rtc_configuration())
         sub.pc = pc
         sub.sources = dict(sources)
-        sfu = self.signaling.sfu
         transceivers: dict[Kind, RTCRtpTransceiver] = {}
         try:
             for kind in (Kind.VIDEO, Kind.AUDIO):
@@ -859,7 +864,7 @@ class SignalingClient:
                 if kind is Kind.VIDEO:
                     bridge = next(b for b in sub.bridges if isinstance(b, VideoBridge))
                     profiles[mid] = bridge.profile_level_id
-            sdp = offer_with_profiles(pc.localDescription.sdp, profiles)
+            sdp = sfu.ice.advertise(offer_with_profiles(pc.localDescription.sdp, profiles))
         except BaseException:
             await self._teardown(sub)
             raise

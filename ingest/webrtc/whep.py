@@ -98,12 +98,11 @@ def build_whep_router(sfu: SFU, authorize: Authorize) -> APIRouter:
                 response.headers["Connection"] = "close"  # the rest of the body is not wanted
             return response
         location = request.url_for("whep_session", session_id=session_id).path
-        return Response(
-            answer,
-            status_code=201,
-            media_type=SDP_MEDIA_TYPE,
-            headers={**CORS_HEADERS, "Location": location},
-        )
+        headers = {**CORS_HEADERS, "Location": location}
+        links = sfu.ice.link_headers(f"whep-{session_id[:8]}")  # STUN/TURN (RFC 9725 4.6)
+        if links:
+            headers["Link"] = ", ".join(links)
+        return Response(answer, status_code=201, media_type=SDP_MEDIA_TYPE, headers=headers)
 
     @router.delete("/whep/session/{session_id}", name="whep_session")
     async def whep_delete(session_id: str) -> Response:
@@ -125,8 +124,13 @@ def build_whep_router(sfu: SFU, authorize: Authorize) -> APIRouter:
 
     @router.options("/whep/{call_type}/{call_id}/{user_id}")
     async def whep_preflight(call_type: str, call_id: str, user_id: str) -> Response:
-        """CORS preflight of the offer POST."""
-        return Response(status_code=204, headers={**CORS_HEADERS, "Accept-Post": SDP_MEDIA_TYPE})
+        """CORS preflight of the offer POST; also announces the ICE servers, so a client that
+        gathers before it offers (no trickle) can use TURN from its first offer."""
+        headers = {**CORS_HEADERS, "Accept-Post": SDP_MEDIA_TYPE}
+        links = sfu.ice.link_headers(f"whep-{call_type}-{call_id}")
+        if links:
+            headers["Link"] = ", ".join(links)
+        return Response(status_code=204, headers=headers)
 
     @router.options("/whep/session/{session_id}")
     async def whep_session_preflight(session_id: str) -> Response:

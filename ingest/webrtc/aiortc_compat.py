@@ -1,0 +1,174 @@
+"""Where we reach into aioice/aiortc beyond their public API, checked once at start.
+
+**UDP port range.** aioice binds each peer connection's host candidates to a random port, which no
+firewall rule or container port mapping can admit. :class:`RangedConnection` gathers host
+candidates on ports of a configured range instead (``webrtc_udp_ports = "50000-50100"``); the
+server-reflexive (STUN) and relayed (TURN) candidates are gathered as aioice does. It replaces
+the ``Connection`` class aiortc's ``RTCIceGatherer`` instantiates, and only does anything once
+:func:`use_port_range` has set a range.
+
+Private names used (aioice 0.13, aiortc 1.16, bounded in ``pyproject.toml``):
+``aiortc.rtcicetransport.Connection``, ``aioice.ice.StunProtocol``,
+``aioice.ice.server_reflexive_candidate``, ``Connection._protocols``, ``Connection.stun_server``
+and ``StunProtocol.local_candidate``. :func:`check` verifies them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import random
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiortc.rtcicetransport as rtcicetransport
+from aioice import ice as aioice_ice
+from aioice.candidate import Candidate, candidate_foundation, candidate_priority
+
+log = logging.getLogger("ingest.webrtc")
+
+UDP_RECEIVE_BUFFER = 262144  # bytes, as aioice sets on its own sockets
+
+
+class AioiceChanged(RuntimeError):
+    """aioice/aiortc no longer has what this module relies on."""
+
+
+def check() -> None:
+    problems = []
+    if not hasattr(rtcicetransport, "Connection"):
+        problems.append("aiortc.rtcicetransport no longer imports aioice's Connection")
+    for name in ("StunProtocol", "server_reflexive_candidate"):
+        if not hasattr(aioice_ice, name):
+            problems.append(f"aioice.ice has no {name}")
+    probe = aioice_ice.Connection(ice_controlling=False)
+    for attr in ("_protocols", "stun_server", "get_component_candidates"):
+        if not hasattr(probe, attr):
+            problems.append(f"aioice's Connection has no {attr}")
+    if problems:
+        raise AioiceChanged(
+            "this aiortc / aioice does not match ingest.webrtc.aiortc_compat (written for "
+            "aiortc 1.16, aioice 0.13): " + "; ".join(problems)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PortRange:
+    """Inclusive UDP port range for WebRTC media."""
+
+    low: int
+    high: int
+
+    def __post_init__(self) -> None:
+        if not 1024 <= self.low <= self.high <= 65535:
+            raise ValueError(
+                f"UDP port range {self.low}-{self.high} must lie within 1024-65535, low <= high"
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> PortRange:
+        """``"50000-50100"`` (or a single port)."""
+        low, _, high = text.strip().partition("-")
+        try:
+            first, last = int(low), int(high or low)
+        except ValueError:
+            raise ValueError(f"'{text}' is not a UDP port range: write it as 50000-50100") from None
+        return cls(first, last)
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and self.low <= port <= self.high
+
+    @property
+    def size(self) -> int:
+        return self.high - self.low + 1
+
+    async def bind(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        factory: Callable[[], aioice_ice.StunProtocol],
+        address: str,
+    ) -> tuple[asyncio.DatagramTransport, aioice_ice.StunProtocol]:
+        """A datagram endpoint on a free port of the range (tried from a random start)."""
+        start = random.randrange(self.size)
+        last: OSError | None = None
+        for i in range(self.size):
+            port = self.low + (start + i) % self.size
+            try:
+                return await loop.create_datagram_endpoint(factory, local_addr=(address, port))
+            except OSError as exc:  # taken: try the next one
+                last = exc
+        raise OSError(
+            f"no free UDP port in {self.low}-{self.high} on {address} ({last}): widen "
+            "webrtc_udp_ports or lower max viewers"
+        )
+
+
+_range: PortRange | None = None
+
+
+def use_port_range(ports: PortRange | None) -> None:
+    """From now on, new peer connections bind their host candidates within ``ports``."""
+    global _range
+    check()
+    _range = ports
+    setattr(rtcicetransport, "Connection", RangedConnection)  # noqa: B010 (aiortc builds it)
+
+
+def port_range() -> PortRange | None:
+    return _range
+
+
+class RangedConnection(aioice_ice.Connection):
+    """aioice's Connection, with host candidates bound within the configured port range."""
+
+    async def get_component_candidates(
+        self,
+        component: int,
+        addresses: list[str],
+        timeout: int = 5,  # noqa: ASYNC109 (aioice's signature)
+    ) -> list[Candidate]:
+        ports = _range
+        if ports is None:
+            return await super().get_component_candidates(component, addresses, timeout)
+        loop = asyncio.get_running_loop()
+        candidates: list[Candidate] = []
+        hosts: list[aioice_ice.StunProtocol] = []
+        for address in addresses:
+            try:
+                transport, protocol = await ports.bind(
+                    loop, lambda: aioice_ice.StunProtocol(self), address
+                )
+            except OSError as exc:
+                log.warning("cannot bind a WebRTC host candidate: %s", exc)
+                continue
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
+            host, port = transport.get_extra_info("sockname")[:2]
+            protocol.local_candidate = Candidate(
+                foundation=candidate_foundation("host", "udp", host),
+                component=component,
+                transport="udp",
+                priority=candidate_priority(component, "host"),
+                host=host,
+                port=port,
+                type="host",
+            )
+            hosts.append(protocol)
+            candidates.append(protocol.local_candidate)
+        self._protocols += hosts
+        if self.stun_server:
+            queries = [
+                asyncio.create_task(aioice_ice.server_reflexive_candidate(p, self.stun_server))
+                for p in hosts
+                if ipaddress.ip_address(p.local_candidate.host).version == 4
+            ]
+            if queries:
+                done, pending = await asyncio.wait(queries, timeout=timeout)
+                for task in pending:
+                    task.cancel()
+                candidates += [t.result()[0] for t in done if t.exception() is None]
+        # TURN (relayed candidates): aioice's own code, with no host addresses to bind.
+        return candidates + await super().get_component_candidates(component, [], timeout)
