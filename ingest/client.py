@@ -22,6 +22,7 @@ status and message.
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -247,6 +248,7 @@ class _Base:
         secret: str | None = None,
         token: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        verify: bool | ssl.SSLContext = True,
     ) -> None:
         if (secret is None) == (token is None):
             raise ValueError("give either secret= (a server client) or token= (a user client)")
@@ -254,6 +256,7 @@ class _Base:
         self.api_key = api_key
         self.token = token if token is not None else create_server_token(secret or "")
         self._timeout = timeout
+        self._verify = verify  # an SSLContext with your CA for a server with a private cert
 
     def _http_args(self) -> dict[str, Any]:
         return {
@@ -261,6 +264,7 @@ class _Base:
             "params": {"api_key": self.api_key},
             "headers": {"Authorization": f"Bearer {self.token}"},
             "timeout": self._timeout,
+            "verify": self._verify,
         }
 
 
