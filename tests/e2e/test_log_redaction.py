@@ -51,14 +51,24 @@ class Capture(logging.Handler):
 def capture() -> Iterator[Capture]:
     handler = Capture()
     root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.DEBUG)
+    # every logger at DEBUG, whatever an earlier test set (uvicorn.Config(log_level=...) sets
+    # uvicorn's loggers for the whole process)
+    loggers = [
+        root,
+        *(x for x in root.manager.loggerDict.values() if isinstance(x, logging.Logger)),
+    ]
+    saved = [(x, x.level, x.propagate) for x in loggers]
+    for x in loggers:  # and every record reaches the root (uvicorn's own config stops some)
+        x.setLevel(logging.DEBUG)
+        x.propagate = True
     root.addHandler(handler)
     try:
         yield handler
     finally:
         root.removeHandler(handler)
-        root.setLevel(level)
+        for x, level, propagate in saved:
+            x.setLevel(level)
+            x.propagate = propagate
         logging.getLogger("uvicorn.access").removeHandler(handler)
 
 
