@@ -89,6 +89,12 @@ def build_egress_router(svc: CallService, egress: Egress) -> APIRouter:
     async def playlist(request: Request, call_type: str, call_id: str) -> Response:
         query = await hls_token(request, call_type, call_id)
         stream = stream_of(call_type, call_id)
+        if not await stream.wait_media(stream.block_timeout):
+            # A playlist without a segment makes players give up (hls.js: levelEmptyError);
+            # 404 is retried.
+            raise NotFoundError(
+                f"HLS of {call_type}:{call_id} has no media yet: no host publishes video"
+            )
         msn = _int_param(request, "_HLS_msn")
         part = _int_param(request, "_HLS_part")
         if part is not None and msn is None:

@@ -177,6 +177,19 @@ class HlsStream:
                 await asyncio.wait_for(changed.wait(), left)
         return True
 
+    async def wait_media(self, within: float) -> bool:
+        """Wait until the playlist lists a complete segment (players, hls.js included, give up
+        on a playlist without one), or it ended."""
+        deadline = time.monotonic() + within
+        while not self.has_segment and not self.ended:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            changed = self._changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), left)
+        return True
+
     def find_part(self, number: int) -> Part | None:
         for seg in reversed(self.segments):
             if seg.parts and seg.parts[0].number <= number <= seg.parts[-1].number:
