@@ -12,6 +12,8 @@ import httpx
 import pytest
 
 from ingest.app import App
+from ingest.calls.tokens import create_token
+from tests.conftest import API_SECRET
 from tests.e2e.egress_helpers import CALL, CID, Api, ffprobe, open_api, wait_event
 from tests.e2e.media import MEDIA_DIR, make_flv, push
 
@@ -128,3 +130,39 @@ async def test_nothing_runs_without_hls_or_recording(server: App) -> None:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.wait()
+
+
+async def test_a_call_type_can_require_a_token_for_hls(server: App) -> None:
+    src = make_flv(MEDIA_DIR / "hls-bf2-g60.flv", seconds=12, gop=60, bframes=2)
+    store = server.calls.store
+    ct = await store.get_call_type("livestream")
+    assert ct is not None
+    ct.settings = {**ct.settings, "broadcasting": {"hls": {"require_token": True}}}
+    await store.put_call_type(ct)
+    assert server.egress is not None
+    async with open_api(server) as api:
+        url = await api.setup()
+        with server.bus.subscribe(CID) as sub:
+            await api.post("/go_live", {"start_hls": True})
+            proc = await push(url, src, realtime=True)
+            try:
+                await wait_event(sub, "call.hls_broadcasting_started")
+                playlist_url = server.egress.playlist_url(CID)
+                async with httpx.AsyncClient(timeout=30) as http:
+                    refused = await http.get(playlist_url)
+                    assert refused.status_code == 401, refused.text
+                    assert "token" in refused.json()["message"]
+                    token = create_token(API_SECRET, "viewer")
+                    r = await http.get(playlist_url, params={"token": token})
+                    assert r.status_code == 200, r.text
+                    uris = re.findall(r"(seg-\d+\.m4s\S*)", r.text)
+                    assert uris
+                    assert all(u.endswith(f"?token={token}") for u in uris)
+                    base = playlist_url.rsplit("/", 1)[0]
+                    assert (await http.get(f"{base}/{uris[0]}")).status_code == 200
+                    bare = uris[0].split("?", 1)[0]
+                    assert (await http.get(f"{base}/{bare}")).status_code == 401
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
