@@ -13,6 +13,12 @@ joiners, config changes in order with the units.
 * :class:`AudioBridge`: AAC goes through :class:`AacToOpus` (exact 20 ms packets, 48 kHz pts);
   Opus passes through.
 
+A video bridge that starts transcoding on the source's cached GOP (the first viewer arrives
+seconds into a long GOP of a B-frame stream) does not transcode the whole backlog before the live
+frame: the GOP's keyframe is encoded alone and pushed at once, the rest of the backlog decoded
+without encoding, and only its newest picture encoded (see
+:meth:`~ingest.media.codecs.transcode.BFrameRemover.catch_up`).
+
 The video transcoder (~10 ms a frame) runs in a worker thread (``asyncio.to_thread``), one batch
 at a time per bridge, never on the event loop. AAC → Opus takes 0.2 to 0.6 ms of CPU per 21 ms
 frame, less than handing each frame to a thread and back (two context switches and a GIL
@@ -215,6 +221,7 @@ class VideoBridge(TrackBridge):
         self._remover: BFrameRemover | None = None
         self._gop_pushed = 0  # units of the current source GOP already pushed (passthrough)
         self._await_key = False  # transcoding began mid-GOP: feed from the next keyframe
+        self._backlog = False  # transcoding began on the source's cached GOP: catch up first
 
     @property
     def profile_level_id(self) -> str:
@@ -231,6 +238,7 @@ class VideoBridge(TrackBridge):
         first = next((u for u, _ in cached if u.pts != u.dts), None)
         if first is not None:
             self._switch(cached[0][1], first)
+            self._backlog = cached[0][0].keyframe
 
     async def _handle(self, batch: _Batch) -> None:
         if not self.transcoding:
@@ -246,6 +254,13 @@ class VideoBridge(TrackBridge):
         remover = self._remover
         assert remover is not None
         units = [unit for unit, _ in batch]
+        if self._backlog:
+            self._backlog = False
+            if units[0].keyframe and len(units) > 1:
+                # the GOP's first picture now, then straight to the live edge
+                self._publish(remover, await asyncio.to_thread(remover.first_picture, units[0]))
+                self._publish(remover, await asyncio.to_thread(remover.catch_up, units))
+                return
         out = await asyncio.to_thread(_feed_all, remover, units)
         self._publish(remover, out)
 

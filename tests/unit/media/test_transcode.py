@@ -128,3 +128,28 @@ def test_parameter_sets_from_avcc_record() -> None:
 def test_refuses_other_codecs() -> None:
     with pytest.raises(MediaError):
         BFrameRemover(VideoConfig("hevc", b""), bit_rate=1)
+
+
+def test_fast_start_on_a_cached_gop_encodes_the_keyframe_then_the_newest_picture() -> None:
+    """A viewer arriving late in a long GOP: the keyframe at once, then straight to the newest
+    decoded picture (the backlog is decoded, not encoded), then the live frames, in order."""
+    config, units = h264_with_b_frames(GOP)  # one whole GOP: the cache a late joiner meets
+    backlog, live = units[:-4], units[-4:]
+    remover = BFrameRemover(config, bit_rate=300_000, frame_rate=FPS)
+
+    first = remover.first_picture(backlog[0])
+    assert [u.pts for u in first] == [backlog[0].pts]  # out without waiting for more input
+    assert first[0].keyframe
+
+    caught = remover.catch_up(backlog)
+    assert len(caught) == 1  # only the newest decoded picture is encoded
+    assert not caught[0].keyframe
+    assert first[0].pts < caught[0].pts <= max(u.pts for u in backlog)
+
+    out = [o for u in live for o in remover.feed(u)] + remover.flush()
+    stream = first + caught + out
+    assert all(b.pts > a.pts for a, b in itertools.pairwise(stream))  # nothing stale, in order
+    assert max(u.pts for u in stream) == max(u.pts for u in units)  # reaches the live edge
+    frames = decode(stream)  # a decoder starting at the first unit shows every picture
+    assert len(frames) == len(stream)
+    assert all(f.pict_type != PictureType.B for f in frames)

@@ -48,6 +48,15 @@ class FakeRemover:
     def flush(self) -> list[MediaUnit]:
         return []
 
+    def first_picture(self, u: MediaUnit) -> list[MediaUnit]:
+        self.first = u
+        return [MediaUnit(Kind.VIDEO, "h264", u.pts, u.pts, b"re" + u.data, True)]
+
+    def catch_up(self, units: list[MediaUnit]) -> list[MediaUnit]:
+        self.fed += units
+        u = max(units, key=lambda u: u.pts)
+        return [MediaUnit(Kind.VIDEO, "h264", u.pts, u.pts, b"re" + u.data, False)]
+
 
 async def take(reader: Reader, count: int) -> list[MediaUnit]:
     return [await asyncio.wait_for(reader.get(), TIMEOUT) for _ in range(count)]
@@ -106,8 +115,10 @@ async def test_b_frames_in_the_cached_gop_are_known_before_any_viewer() -> None:
     assert bridge.transcoding  # decided synchronously from the cache
     assert bridge.profile_level_id == "42e01e"  # what the re-encode will be
     viewer = bridge.output.subscribe()
-    out = await take(viewer, 3)
+    out = await take(viewer, 2)
     assert [u.pts for u in fake.fed] == [33, 100, 67]  # the whole GOP went to the transcoder
+    assert fake.first.pts == 33  # its keyframe first, alone, then only the newest picture
+    assert [u.pts for u in out] == [33, 100]
     assert all(u.data.startswith(b"re") for u in out)
     await bridge.stop()
 
