@@ -13,6 +13,8 @@ import pytest
 
 from ingest.app import App
 from ingest.calls.tokens import create_token
+from ingest.egress import HLS_LINGER_S
+from ingest.hls.stream import MAX_MSN_AHEAD
 from tests.conftest import API_SECRET
 from tests.e2e.egress_helpers import CALL, CID, Api, ffprobe, open_api, wait_event
 from tests.e2e.media import MEDIA_DIR, make_flv, push
@@ -99,6 +101,11 @@ async def hls_end_to_end(server: App, api: Api, url: str, src: Path, tmp_path: P
                 assert stream.ready(want_msn, want_part)
                 assert waited < 2.0, waited
                 assert last
+                too_far = want_msn + MAX_MSN_AHEAD + 1
+                bad = await http.get(playlist_url, params={"_HLS_msn": too_far})
+                assert bad.status_code == 400, bad.text
+                bad = await http.get(playlist_url, params={"_HLS_part": 1})
+                assert bad.status_code == 400, bad.text
                 hint = re.search(r'PRELOAD-HINT:TYPE=PART,URI="part-(\d+)\.m4s"', r.text)
                 assert hint is not None
                 part = await http.get(f"{base}/part-{hint.group(1)}.m4s")
@@ -111,6 +118,12 @@ async def hls_end_to_end(server: App, api: Api, url: str, src: Path, tmp_path: P
         await api.post("/stop_live")
         await wait_event(sub, "call.hls_broadcasting_stopped")
         assert server.egress.hls_status(CID) == "stopped"
+        # Viewers still get the end of the stream for a while.
+        linger = server.egress._linger[CID].when() - asyncio.get_running_loop().time()
+        assert HLS_LINGER_S - 5 < linger <= HLS_LINGER_S
+        async with httpx.AsyncClient(timeout=30) as http:
+            ended = await http.get(playlist_url)
+            assert ended.text.endswith("#EXT-X-ENDLIST\n")
 
 
 async def test_nothing_runs_without_hls_or_recording(server: App) -> None:

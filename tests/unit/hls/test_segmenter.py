@@ -12,7 +12,14 @@ import pytest
 
 from ingest.errors import MediaError
 from ingest.hls import fmp4
-from ingest.hls.segmenter import PART_TARGET_MS, SEGMENT_MIN_MS, Init, Part, Segmenter
+from ingest.hls.segmenter import (
+    MAX_PENDING_AUDIO,
+    PART_TARGET_MS,
+    SEGMENT_MIN_MS,
+    Init,
+    Part,
+    Segmenter,
+)
 from ingest.media.units import AudioConfig, Kind, MediaUnit, VideoConfig
 from tests.unit.webrtc.synth import aac_clip, h264_clip
 
@@ -179,3 +186,21 @@ def test_esds_and_avcc_carry_the_configs() -> None:
         fmp4.init_segment(None, None)
     with pytest.raises(ValueError, match="sample"):
         fmp4.fragment(1, [fmp4.TrackRun(1, 0, [])])
+
+
+def test_audio_waiting_for_video_is_bounded() -> None:
+    vconfig, video = h264_clip(40, width=320, height=240, gop=30)
+    aconfig, audio = aac_clip(1.0)
+    sink = Collect()
+    seg = Segmenter(sink)
+    seg.configure(vconfig, aconfig)
+    seg.push_video(video[0])
+    for i in range(MAX_PENDING_AUDIO + 50):  # video stalls, audio keeps coming
+        a = audio[i % len(audio)]
+        seg.push_audio(MediaUnit(a.kind, a.codec, video[0].dts, video[0].dts, a.data))
+    seg.flush()
+    (part,) = sink.parts
+    moof = dict(boxes(part.data))[b"moof"]
+    truns = [i for i in range(len(moof)) if moof.startswith(b"trun", i)]
+    counts = [struct.unpack(">I", moof[i + 8 : i + 12])[0] for i in truns]
+    assert counts == [1, MAX_PENDING_AUDIO]  # one frame, the newest audio
