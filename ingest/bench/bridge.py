@@ -355,6 +355,96 @@ async def _bench(seconds: float, log: Callable[[str], None]) -> list[dict[str, A
     return rows
 
 
+BF_GOP_FRAMES = 250
+"""OBS 29's default x264 keyframe interval ("0 = auto", 250 frames, 8.3 s at 30 fps)."""
+BF_B_FRAMES = 2
+"""OBS's x264 default."""
+BF_JOIN_POSITIONS = (0.3, 0.6, 0.9)
+"""Where in the source's GOP each first viewer joins (fraction of the GOP)."""
+
+
+async def _bench_first_frame_bframes(log: Callable[[str], None]) -> dict[str, Any]:
+    """The first viewer's first frame when the bridge has to start its B-frame transcoder on a
+    long cached GOP: a fresh bridge per join (the previous viewer left, the bridge stopped)."""
+    from ingest.bench.compare import make_media as make_any_media
+    from ingest.calls.tokens import create_token
+    from ingest.media.hub import TrackAdded
+    from ingest.media.units import Kind
+
+    probe = _Probe()
+    gop_ms = BF_GOP_FRAMES * 1000 / FPS
+    with tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmp:
+        log(f"making 1080p30 test media with B-frames and a {gop_ms / 1000:.1f} s GOP…")
+        media = await asyncio.to_thread(
+            make_any_media,
+            Path(tmp),
+            seconds=BF_GOP_FRAMES / FPS,
+            gop_frames=BF_GOP_FRAMES,
+            b_frames=BF_B_FRAMES,
+            name="bench-bframes.flv",
+        )
+        async with _server(Path(tmp) / "data") as app:
+            base = f"http://127.0.0.1:{app.http_port}"
+            address = await _create_call(base)
+            token = create_token(BENCH_SECRET, HOST, ttl=3600)
+            whep = f"{base}/whep/{CALL_TYPE}/{CALL_ID}/{HOST}"
+            with _instrumented(probe), app.hub.watch(f"{CALL_TYPE}:{CALL_ID}") as watch:
+                ffmpeg = await asyncio.create_subprocess_exec(
+                    "ffmpeg", "-v", "error", "-nostdin", "-re", "-stream_loop", "-1",
+                    "-i", str(media), "-c", "copy", "-f", "flv", f"{address}/{token}",
+                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+                )  # fmt: skip
+                joiner: _Child | None = None
+                try:
+                    video = None
+                    while video is None:
+                        event = await asyncio.wait_for(watch.get(), STARTUP_TIMEOUT)
+                        if isinstance(event, TrackAdded) and event.kind is Kind.VIDEO:
+                            video = event.track
+                    joiner = await _Child.start(whep, token, decode=True)
+                    ttff: list[float] = []
+                    for where in BF_JOIN_POSITIONS:
+                        await _gop_position(video, probe, where * gop_ms, where * gop_ms + 300)
+                        ttff.append(float((await joiner.ask("join", "ttff"))["ms"]))
+                        deadline = time.monotonic() + STARTUP_TIMEOUT
+                        while app.sfu.bridge(video) is not None:  # the bridge stops: next is first
+                            if time.monotonic() > deadline:
+                                raise RuntimeError("the bridge did not stop after its viewer left")
+                            await asyncio.sleep(0.05)
+                finally:
+                    if joiner is not None:
+                        await joiner.stop()
+                    if ffmpeg.returncode is None:
+                        ffmpeg.terminate()
+                    await ffmpeg.wait()
+    log(f"  first frames {', '.join(f'{t:.0f}' for t in ttff)} ms")
+    worst = max(ttff)
+    return _row(
+        f"Bridge: first frame, first viewer, B-frames + {gop_ms / 1000:.1f} s GOP "
+        f"(worst of {len(ttff)})",
+        worst,
+        "ms",
+        f"< {TARGET_TTFF_MS:g} ms",
+        worst < TARGET_TTFF_MS,
+    )
+
+
+def bench_first_frame_bframes(log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The B-frames + long GOP first-frame row (about 40 s, most of it making the media)."""
+    return asyncio.run(_bench_first_frame_bframes(log or (lambda _: None)))
+
+
+async def _gop_position(video: Any, probe: _Probe, low_ms: float, high_ms: float) -> None:
+    """Wait until the source is between ``low_ms`` and ``high_ms`` after its GOP's keyframe."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        start, latest = video.cache_start, probe.latest_dts
+        if start is not None and latest is not None and low_ms <= latest - start <= high_ms:
+            return
+        await asyncio.sleep(0.01)
+    raise RuntimeError("the source's GOP position is unknown")
+
+
 async def _mid_gop(video: Any, probe: _Probe) -> None:
     """Wait until the source is in the middle of a GOP (about 1 s after its keyframe)."""
     deadline = time.monotonic() + STARTUP_TIMEOUT

@@ -78,8 +78,9 @@ class BFrameRemover:
 
     def first_picture(self, unit: MediaUnit) -> list[MediaUnit]:
         """Encode the keyframe ``unit`` alone, at once, as the output's first IDR (a decoder of
-        its own, flushed, so the picture comes out without the reorder delay). Then give the
-        same unit, with what follows it, to :meth:`catch_up` or :meth:`feed`."""
+        its own, flushed, so the picture comes out without the reorder delay), followed by a
+        repeat of it 1 ms later. Then give the same unit, with what follows it, to
+        :meth:`catch_up` or :meth:`feed`."""
         decoder = av.CodecContext.create("h264", "r")
         if self._decoder.extradata:
             decoder.extradata = self._decoder.extradata
@@ -90,7 +91,13 @@ class BFrameRemover:
             return []
         if not frames:
             return []
-        out = self._encode(frames[-1])
+        picture = frames[-1]
+        out = self._encode(picture)
+        # The same picture again, 1 ms later (a P-frame of a few bytes): receivers that take a
+        # frame as complete when the next one starts (aiortc's jitter buffer does) show the
+        # keyframe now instead of after catch_up.
+        picture.pts = (self._last_pts or 0) + 1
+        out += self._encode(picture)
         self._stale_through = self._last_pts
         return out
 

@@ -138,13 +138,14 @@ def test_fast_start_on_a_cached_gop_encodes_the_keyframe_then_the_newest_picture
     remover = BFrameRemover(config, bit_rate=300_000, frame_rate=FPS)
 
     first = remover.first_picture(backlog[0])
-    assert [u.pts for u in first] == [backlog[0].pts]  # out without waiting for more input
-    assert first[0].keyframe
+    # out without waiting for more input, and repeated so that the next frame has begun
+    assert [u.pts for u in first] == [backlog[0].pts, backlog[0].pts + 1]
+    assert [u.keyframe for u in first] == [True, False]
 
     caught = remover.catch_up(backlog)
     assert len(caught) == 1  # only the newest decoded picture is encoded
     assert not caught[0].keyframe
-    assert first[0].pts < caught[0].pts <= max(u.pts for u in backlog)
+    assert first[-1].pts < caught[0].pts <= max(u.pts for u in backlog)
 
     out = [o for u in live for o in remover.feed(u)] + remover.flush()
     stream = first + caught + out
