@@ -42,6 +42,8 @@ log = logging.getLogger("ingest.egress")
 
 HLS_LINGER_S = 30.0
 """How long a stopped HLS stream stays downloadable (with ``EXT-X-ENDLIST``) for its viewers."""
+FINISH_TIMEOUT_S = 2.0
+"""At shutdown, how long the remux may take to cut its last part after the publishers left."""
 AUDIO_QUEUE = 256
 """The egress's audio reader queue (about 6 s of AAC)."""
 
@@ -92,6 +94,7 @@ class Program:
         self._audio: Reader | None = None
         self._current: list[Part] = []  # parts of the segment being built
         self._media: asyncio.Task[None] | None = None
+        self.closed = False
         self._watcher = asyncio.create_task(self._watch(), name=f"egress {call_cid}")
 
     @property
@@ -213,7 +216,8 @@ class Program:
             self.source = None
             if self.failed is None:
                 seg.restart()
-                self._next_source()
+                if not self.closed:
+                    self._next_source()
 
     def _configure(self, video: Reader, audio: Reader | None) -> None:
         vconfig = video.config
@@ -245,7 +249,17 @@ class Program:
         if self.recorder is not None and self.recorder.active:
             self.recorder._fail(message)
 
+    async def finish(self, within: float) -> None:
+        """Let the remux cut what it holds once the source's tracks ended (server stopping)."""
+        if (
+            self._media is not None
+            and self.manager.hub.track(self.call_cid, self.source or "", Kind.VIDEO) is None
+        ):
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._media), within)
+
     async def close(self) -> None:
+        self.closed = True
         self._watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._watcher
@@ -442,6 +456,7 @@ class EgressManager:
     async def stop(self) -> None:
         """Close every program; recordings are finished (closed files, ``ready`` events)."""
         for call_cid, program in list(self.programs.items()):
+            await program.finish(FINISH_TIMEOUT_S)
             if program.recorder is not None:
                 await program.recorder.stop()
             if program.hls is not None:

@@ -706,7 +706,13 @@ class CallService:
             if session.live_started_at and not session.live_ended_at:
                 session.live_ended_at = now
             await self.store.put_session(session)
+        stop_hls, stop_recording = call.hls, call.recording
+        call.hls = call.recording = False  # an ended call broadcasts and records no more
         await self.store.update_call(call)
+        if self.egress is not None and stop_hls:
+            await self.egress.stop_hls(call.cid)
+        if self.egress is not None and stop_recording:
+            await self.egress.stop_recording(call.cid)  # the file is closed: recording_ready
         for p in list(self.participants.get(call.cid, {}).values()):
             self._disconnect(p, f"call {call.cid} ended")
         self.bus.emit(ev.CALL_ENDED, call.cid)

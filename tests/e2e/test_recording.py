@@ -158,3 +158,26 @@ async def test_kill_9_mid_recording_leaves_a_playable_file(tmp_path: Path) -> No
     assert float(info["format"]["duration"]) >= 3.5  # at least the segments seen cut
     code, err = await decode_errors(files[0])
     assert code == 0, err
+
+
+async def test_ending_the_call_finishes_the_recording(server: App) -> None:
+    src = make_flv(MEDIA_DIR / "rec-bf2-g30-6s.flv", seconds=PUSHED_S, gop=30, bframes=2)
+    assert server.egress is not None
+    async with open_api(server) as api:
+        url = await api.setup()
+        with server.bus.subscribe(CID) as sub:
+            await api.post("/go_live", {"start_recording": True, "start_hls": True})
+            proc = await push(url, src, realtime=True)
+            try:
+                await wait_event(sub, "call.recording_started")
+                await api.post("/mark_ended")
+                ready = await wait_event(sub, "call.recording_ready")
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        assert not server.egress.is_recording(CID)
+        assert server.egress.hls_status(CID) == "stopped"
+        assert server.egress.programs == {}
+        listed = await server.egress.recordings(CID)
+        assert [r.filename for r in listed] == [ready["call_recording"]["filename"]]
