@@ -113,6 +113,7 @@ class RtmpPublisher:
                 p.call_cid, p.session_id, p.user_id, kind, config
             )
             p.tracks.append(kind.value)
+            log.info("%s publishes %s in %s (%s)", p.user_id, kind.value, p.call_cid, config.codec)
         else:
             track.config = config
 
