@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -165,34 +166,188 @@ def call_create(
         )
 
 
-@main.command()
+def _bench_options(func: Any) -> Any:
+    """Options shared by ``ingest bench`` and its subcommands."""
+    options = [
+        click.option("--json", "as_json", is_flag=True, help="Print JSON instead of markdown."),
+        click.option(
+            "--markdown",
+            "markdown_path",
+            type=click.Path(path_type=Path, dir_okay=False),
+            default=None,
+            help="Also write the markdown report to this file.",
+        ),
+        click.option(
+            "--plot",
+            "plot_path",
+            type=click.Path(path_type=Path, dir_okay=False),
+            default=None,
+            help="Write a PNG plot of CPU against streams and viewers here (needs matplotlib: "
+            "pip install 'ingest[bench]').",
+        ),
+        click.option(
+            "--runs",
+            type=click.IntRange(1, 20),
+            default=None,
+            help="Interleaved runs of each system in compare (default 3).",
+        ),
+        click.option(
+            "--window",
+            type=click.FloatRange(1, 120),
+            default=None,
+            help="Seconds of each measurement window (default 6).",
+        ),
+        click.option(
+            "--max-streams",
+            type=click.IntRange(1, 64),
+            default=None,
+            help="Largest N of the scale curve (N = 1, 2, 4, 8, 12, 16, ...; default 16).",
+        ),
+        click.option(
+            "--max-viewers",
+            type=click.IntRange(1, 100),
+            default=None,
+            help="Largest fan-out (1, 5, 10, 20, ...; default 20).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _bench_plan(
+    runs: int | None, window: float | None, max_streams: int | None, max_viewers: int | None
+) -> Any:
+    from .bench import compare
+
+    plan = compare.Plan()
+    changes: dict[str, Any] = {}
+    if runs is not None:
+        changes["runs"] = runs
+    if window is not None:
+        changes["window"] = window
+    if max_streams is not None:
+        steps = [n for n in (*compare.SCALE_STREAMS, 24, 32, 48, 64) if n <= max_streams]
+        changes["streams"] = tuple(steps if steps[-1] == max_streams else [*steps, max_streams])
+    if max_viewers is not None:
+        steps = [k for k in (*compare.FANOUT_VIEWERS, 50, 100) if k <= max_viewers]
+        changes["fanout"] = tuple(steps if steps[-1] == max_viewers else [*steps, max_viewers])
+    return replace(plan, **changes)
+
+
+def _bench_output(
+    rows: list[dict[str, Any]],
+    report: Any,
+    as_json: bool,
+    markdown_path: Path | None,
+    plot_path: Path | None,
+) -> None:
+    from .bench import compare
+
+    if plot_path is not None:
+        try:
+            compare.plot(report, plot_path)
+        except RuntimeError as e:
+            raise click.ClickException(str(e)) from None
+        click.echo(f"plot written to {plot_path}", err=True)
+    text = compare.markdown(report, rows)
+    if markdown_path is not None:
+        markdown_path.parent.mkdir(parents=True, exist_ok=True)
+        markdown_path.write_text(text + "\n")
+        click.echo(f"markdown written to {markdown_path}", err=True)
+    if as_json:
+        click.echo(json.dumps(compare.to_json(report, rows), indent=2, default=str))
+    else:
+        click.echo(text)
+    sys.stdout.flush()
+
+
+def _bench_check(plot_path: Path | None) -> None:
+    """Fail before minutes of measuring, not after."""
+    import shutil
+
+    if shutil.which("ffmpeg") is None:
+        raise click.ClickException("the benchmarks need the ffmpeg CLI: apt-get install ffmpeg")
+    if plot_path is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise click.ClickException(
+                "--plot needs matplotlib: pip install 'ingest[bench]' (or leave --plot out)"
+            ) from None
+
+
+@main.group(invoke_without_command=True)
 @click.option(
-    "--seconds", type=float, default=2.0, show_default=True, help="Duration of each measurement."
+    "--seconds", type=float, default=2.0, show_default=True, help="Parser and bridge windows."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def bench(seconds: float, as_json: bool) -> None:
-    """Measure this machine: RTMP parser throughput; the WebRTC bridge's CPU per stream and per
-    viewer, RTMP-to-RTP latency and time to first frame (1080p30, ffmpeg CLI needed; ~1 min)."""
+@_bench_options
+@click.pass_context
+def bench(
+    ctx: click.Context,
+    seconds: float,
+    as_json: bool,
+    markdown_path: Path | None,
+    plot_path: Path | None,
+    runs: int | None,
+    window: float | None,
+    max_streams: int | None,
+    max_viewers: int | None,
+) -> None:
+    """Measure this machine, against the ffmpeg CLI doing the same job in the same run: RTMP
+    parser throughput; the WebRTC bridge's latency, first frame and CPU; then `compare` and
+    `scale` (1080p30 6 Mbit/s; the ffmpeg CLI with libopus needed; about 7 minutes on 2 cores).
+    Prints markdown; `--plot` writes the PNG."""
+    if ctx.invoked_subcommand is not None:
+        return
     from .bench import run_all
 
-    results = run_all(seconds, log=lambda m: click.echo(m, err=True))
-    if as_json:
-        click.echo(json.dumps(results, indent=2))
-        return
-    width = max(len(r["name"]) for r in results)
-    units = max(len(r["unit"]) for r in results)
-    targets = max(len(r.get("target", "")) for r in results)
-    click.echo(
-        f"{'benchmark'.ljust(width)}  {'result':>{11 + units}}  {'target'.ljust(targets)}  meets"
-    )
-    for r in results:
-        ok = r.get("ok")
-        verdict = "" if ok is None else ("yes" if ok else "NO")
-        click.echo(
-            f"{r['name'].ljust(width)}  {r['value']:>10.1f} {r['unit'].ljust(units)}"
-            f"  {r.get('target', '').ljust(targets)}  {verdict}"
-        )
-    sys.stdout.flush()
+    _bench_check(plot_path)
+    plan = _bench_plan(runs, window, max_streams, max_viewers)
+    rows, report = run_all(seconds, plan=plan, log=lambda m: click.echo(m, err=True))
+    _bench_output(rows, report, as_json, markdown_path, plot_path)
+
+
+@bench.command("compare")
+@_bench_options
+def bench_compare(
+    as_json: bool,
+    markdown_path: Path | None,
+    plot_path: Path | None,
+    runs: int | None,
+    window: float | None,
+    max_streams: int | None,
+    max_viewers: int | None,
+) -> None:
+    """One 1080p30 stream, one viewer: this server and the ffmpeg baseline, interleaved runs;
+    CPU, memory, frames per second, RTP sequence gaps, ratios (about 1.5 minutes)."""
+    from .bench import compare
+
+    _bench_check(plot_path)
+    plan = _bench_plan(runs, window, max_streams, max_viewers)
+    report = compare.run(plan, scale=False, log=lambda m: click.echo(m, err=True))
+    _bench_output([], report, as_json, markdown_path, plot_path)
+
+
+@bench.command("scale")
+@_bench_options
+def bench_scale(
+    as_json: bool,
+    markdown_path: Path | None,
+    plot_path: Path | None,
+    runs: int | None,
+    window: float | None,
+    max_streams: int | None,
+    max_viewers: int | None,
+) -> None:
+    """N = 1, 2, 4, 8, 12, 16 streams with one viewer each until a system falls behind, and one
+    stream to 1, 5, 10, 20 viewers (ffmpeg: tee muxer), both systems (about 4 minutes)."""
+    from .bench import compare
+
+    _bench_check(plot_path)
+    plan = _bench_plan(runs, window, max_streams, max_viewers)
+    report = compare.run(plan, compare=False, log=lambda m: click.echo(m, err=True))
+    _bench_output([], report, as_json, markdown_path, plot_path)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,17 +1,26 @@
-"""``ingest bench``: benchmarks that ship with the product, so users can size their machines."""
+"""``ingest bench``: benchmarks that ship with the product, so users can size their machines.
+
+Rows are ``{name, value, unit, target, ok}`` (``ok``: whether the value meets the target, ``None``
+for rows without one); rows compared with the ffmpeg baseline also carry ``baseline`` (its
+value, measured in the same run) and ``ratio`` (ours / baseline), and their target is a ratio.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+from .compare import (
+    TARGET_RATIO_ONE_STREAM,
+    TARGET_RATIO_PER_VIEWER,
+    Baseline,
+    Ours,
+    Plan,
+    Report,
+)
 
-def run_all(
-    seconds: float = 2.0, *, log: Callable[[str], None] | None = None
-) -> list[dict[str, Any]]:
-    """Run every benchmark; each result is {name, value, unit, target, ok} (``ok``: whether the
-    value meets the target, ``None`` for rows without one)."""
-    from .bridge import bench_bridge
+
+def parser_rows(seconds: float = 2.0) -> list[dict[str, Any]]:
     from .rtmp import bench_parser
 
     results: list[dict[str, Any]] = []
@@ -27,5 +36,47 @@ def run_all(
                 "ok": value >= target,
             }
         )
-    results += bench_bridge(seconds, log=log)
     return results
+
+
+def apply_baseline(rows: list[dict[str, Any]], report: Report) -> None:
+    """Give the bridge's CPU rows their ratio to the baseline measured in ``report``."""
+    base = report.medians(Baseline.name).get("cpu")
+    per_viewer = report.per_viewer(Baseline.name)
+    for row in rows:
+        kind = row.pop("compare_to", None)
+        if kind == "stream":
+            baseline, target = base, TARGET_RATIO_ONE_STREAM
+        elif kind == "viewer":
+            baseline, target = per_viewer, TARGET_RATIO_PER_VIEWER
+        else:
+            continue
+        row["target"] = f"<= {target:g} x ffmpeg"
+        row["baseline"] = baseline
+        row["ratio"] = row["value"] / baseline if baseline else None
+        row["ok"] = None if row["ratio"] is None else row["ratio"] <= target
+
+
+def run_all(
+    seconds: float = 2.0,
+    *,
+    plan: Plan | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[list[dict[str, Any]], Report]:
+    """Every benchmark: the parser, the bridge's latency / first frame / CPU rows, the B-frame
+    first-frame row, then ``compare`` and ``scale`` against the ffmpeg baseline. Returns the
+    rows measured here (bridge CPU rows with their ratios) and the comparison's report (whose
+    own rows are ``report.rows()``)."""
+    from . import compare
+    from .bridge import bench_bridge, bench_first_frame_bframes
+
+    say = log or (lambda _: None)
+    rows = parser_rows(seconds)
+    rows += bench_bridge(seconds, log=say)
+    rows.append(bench_first_frame_bframes(say))
+    report = compare.run(plan, log=say)
+    apply_baseline(rows, report)
+    return rows, report
+
+
+__all__ = ["Baseline", "Ours", "Plan", "Report", "apply_baseline", "parser_rows", "run_all"]

@@ -21,7 +21,9 @@ baseline's sinks, so both count the same thing: packets the server sent that arr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import sys
 import time
 from typing import Any
@@ -30,6 +32,25 @@ import httpx
 
 WHEP_RETRY_S = 0.2
 WHEP_DEADLINE_S = 30.0
+RECEIVE_BUFFER = 4 * 1024 * 1024
+"""SO_RCVBUF of every viewer socket (both systems alike; capped by net.core.rmem_max): a 1080p
+keyframe is a burst of ~100 datagrams, more than Linux's default 208 KiB holds."""
+
+
+def _grow(sock: socket.socket | None) -> None:
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+
+
+def _grow_ice_sockets(pc: Any) -> None:
+    """The UDP sockets aioice gathered for ``pc`` (aiortc/aioice internals, bench only)."""
+    for transceiver in pc.getTransceivers()[:1]:
+        connection = transceiver.receiver.transport.transport._connection
+        for protocol in connection._protocols:
+            transport = getattr(protocol, "transport", None)
+            if transport is not None:
+                _grow(transport.get_extra_info("socket"))
 
 
 class Counter:
@@ -126,6 +147,7 @@ class Probe:
 
                     transceiver.receiver._handle_rtp_packet = counted  # type: ignore[method-assign]
                 await pc.setLocalDescription(await pc.createOffer())
+                _grow_ice_sockets(pc)
                 resp = await http.post(
                     url,
                     content=pc.localDescription.sdp,
@@ -158,6 +180,7 @@ class Probe:
                     local_addr=("127.0.0.1", 0),
                 )
                 self.transports.append(transport)
+                _grow(transport.get_extra_info("socket"))
                 row.append(transport.get_extra_info("sockname")[1])
             ports.append(row)
         self.say("sinks", first=first, ports=ports)
