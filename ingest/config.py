@@ -33,7 +33,10 @@ DEFAULT_WEBHOOK_MAX_ATTEMPTS = 3
 DEFAULT_WEBHOOK_QUEUE = 10_000
 DEFAULT_HTTP_REQUEST_TIMEOUT = 10.0  # accept / first byte -> request head and body complete
 DEFAULT_TURN_CREDENTIAL_TTL = 24 * 3600  # seconds a minted TURN credential is valid
-DEFAULT_HTTP_KEEP_ALIVE_TIMEOUT = 5  # seconds an idle keep-alive HTTP connection stays open
+# Seconds an idle keep-alive HTTP connection stays open: longer than the 5 s for which httpx
+# (and so most Python clients) reuse a pooled connection, so a client never sends a request
+# on a connection the server is closing at that moment (a 'connection reset' under load).
+DEFAULT_HTTP_KEEP_ALIVE_TIMEOUT = 15
 
 
 class Settings(BaseSettings):

@@ -25,13 +25,9 @@ import h11
 from starlette.requests import Request
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from ingest.config import DEFAULT_HTTP_REQUEST_TIMEOUT as REQUEST_TIMEOUT
 from ingest.errors import InputError
 
-REQUEST_TIMEOUT = 10.0
-"""Seconds from accept (or the next request's first byte) until the request's head and body have
-arrived; the default of the ``http_request_timeout`` setting."""
-KEEP_ALIVE_TIMEOUT = 5.0
-"""Seconds an idle keep-alive connection stays open; default of ``http_keep_alive_timeout``."""
 MAX_HEADER_BYTES = 16 * 1024
 """Bytes of an incomplete request line + headers before the request is refused (400)."""
 

@@ -45,6 +45,9 @@ CID = "livestream:show"
 FPS = 30
 VIDEO_CLOCK, AUDIO_CLOCK = 90_000, 48_000
 MAX_SKEW_S = 0.080
+STALL_P95_S = 0.250
+"""p95 of a live viewer's frame gaps (33 ms at 30 fps) while another viewer is frozen: a sender
+blocked by the frozen one would show seconds; a busy 2-core machine adds tens of ms."""
 
 
 # -- media ----------------------------------------------------------------------------------
@@ -319,7 +322,7 @@ async def test_a_viewer_that_stops_reading_does_not_delay_the_others(call: Call)
             gaps = np.diff([f.t for f in v.frames[start:]])
             p95 = float(np.percentile(gaps, 95))
             print(f"inter-arrival while the other viewer is stopped: p95 {p95 * 1000:.0f} ms")
-            assert p95 < 0.100, p95
+            assert p95 < STALL_P95_S, p95
             steps = pts_steps(v.frames[start:])
             assert max(steps) < 4500, steps  # no frame lost either (a loop of the file adds ~10 ms)
             assert _state(child.pid) == "T"  # it really was stopped all along

@@ -38,6 +38,9 @@ from tests.unit.webrtc.synth import (
 pytestmark = pytest.mark.e2e
 
 TIMEOUT = 15.0
+LATE_JOINER_MARGIN = 4.0
+"""Seconds a mid-GOP joiner may take to its first picture here (busy CI machine): well under the
+6 s to the next keyframe, so only the cached GOP passes. ``ingest bench`` has the tight target."""
 WIDTH, HEIGHT, FPS = 1280, 720, 30
 
 
@@ -143,17 +146,23 @@ async def test_b_frames_are_removed_for_the_viewer(server: Server) -> None:
 
 
 async def test_late_joiner_sees_a_picture_at_once(server: Server) -> None:
-    video = h264_clip(135, gop=120)  # one keyframe every 4 s
-    publisher = Publisher(server.hub, video, aac_clip(4.5))
+    """A viewer joining 2 s into an 8 s GOP sees the cached GOP at once instead of waiting 6 s
+    for the next keyframe. The margin holds on a busy machine; the tight target (first frame
+    within a few hundred ms) is a row of ``ingest bench``."""
+    video = h264_clip(240, gop=240)  # one keyframe every 8 s
+    publisher = Publisher(server.hub, video, aac_clip(8.0))
     publisher.start()
     viewer = Viewer()
+    at_first_frame: list[int] = []
+    viewer.first_frame.add_done_callback(lambda _: at_first_frame.append(publisher.published_ms))
     try:
-        await publisher.reached(3000)  # 3 s into the 4 s GOP
+        await publisher.reached(2000)  # 2 s into the GOP: the next keyframe comes at 8 s
         await viewer.connect(whep_url(server))
         first = await asyncio.wait_for(viewer.first_frame, TIMEOUT)
         elapsed = first - viewer.posted_at
         print(f"late joiner: first frame {elapsed * 1000:.0f} ms after the offer POST")
-        assert elapsed < 0.5
+        assert at_first_frame[0] < 8000  # a picture before any new keyframe: the cached GOP
+        assert elapsed < LATE_JOINER_MARGIN
         assert (viewer.frames[0].width, viewer.frames[0].height) == (WIDTH, HEIGHT)
         # the publisher leaves: the session closes by itself
         (session,) = server.sfu.sessions.values()
