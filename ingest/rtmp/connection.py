@@ -14,7 +14,9 @@ FCPublish, pings, acknowledgements, unknown commands). ``publish`` becomes
 :meth:`ServerConnection.reject_publish`, later input is held (at most :data:`MAX_BACKLOG_BYTES`),
 so a client that sends media right behind ``publish`` is not refused.
 
-Until the peer is authenticated it holds little memory: messages of at most
+Until the peer is authenticated it holds little memory and costs little work: at most
+:data:`MAX_INPUT_BEFORE_PUBLISH` bytes and :data:`MAX_MESSAGES_BEFORE_PUBLISH` messages after the
+handshake, messages of at most
 :data:`MAX_BYTES_BEFORE_CONNECT` before ``connect`` and :data:`MAX_BYTES_BEFORE_PUBLISH` until a
 publish is accepted (the chunk reader's full limits apply only after that); replies it has not
 collected beyond :data:`MAX_OUTPUT_BYTES` close it (a peer that sends requests without reading),
@@ -52,9 +54,11 @@ from .messages import (
 MAX_APP_LENGTH = 256  # characters of the connect command's app (after the ?query is cut)
 MAX_STREAM_KEY_LENGTH = 4096  # characters of the publish name (after the ?query is cut)
 MAX_MESSAGE_STREAMS = 8  # createStream calls per connection
-MAX_BACKLOG_BYTES = 64 * 1024  # input held while a publish decision is pending
+MAX_BACKLOG_BYTES = 32 * 1024  # input held while a publish decision is pending
 MAX_BYTES_BEFORE_CONNECT = 8 * 1024  # largest message, and partly received bytes, before connect
-MAX_BYTES_BEFORE_PUBLISH = 64 * 1024  # the same after connect, until a publish is accepted
+MAX_BYTES_BEFORE_PUBLISH = 16 * 1024  # the same after connect, until a publish is accepted
+MAX_INPUT_BEFORE_PUBLISH = 64 * 1024  # bytes after the handshake until a publish is accepted
+MAX_MESSAGES_BEFORE_PUBLISH = 64  # messages until a publish is accepted (OBS and ffmpeg send ~10)
 MAX_OUTPUT_BYTES = 64 * 1024  # replies not yet collected with data_to_send
 MAX_ECHO_LENGTH = 64  # characters of a peer's command name quoted back in an error reply
 MAX_DESCRIPTION_LENGTH = 512  # characters of an onStatus description (refusal reasons)
@@ -180,6 +184,9 @@ class ServerConnection:
         self._error: RTMPError | None = None
         self._closed = False
         self._received = 0
+        self._input_budget: float = MAX_INPUT_BEFORE_PUBLISH  # lifted by an accepted publish
+        self._messages = 0
+        self._message_budget: float = MAX_MESSAGES_BEFORE_PUBLISH  # the same
         self._acked = 0
         self._peer_window = 0
         self._connected = False
@@ -231,6 +238,11 @@ class ServerConnection:
                 if not data:
                     return
             self._received += len(data)
+            if self._received > self._input_budget:
+                raise RTMPError(
+                    f"peer sent {self._received} bytes without a publish being accepted; the "
+                    f"limit is {self._input_budget}"
+                )
             if self._peer_window and self._received - self._acked >= self._peer_window:
                 self._acked = self._received
                 self._send(CSID_CONTROL, Acknowledgement(self._received & 0xFFFFFFFF))
@@ -290,6 +302,8 @@ class ServerConnection:
         self._publishing.add(stream_id)
         self._reader.max_message_size = MAX_MESSAGE_SIZE
         self._reader.max_pending = MAX_PENDING_BYTES
+        self._input_budget = math.inf
+        self._message_budget = math.inf
         self._send(CSID_CONTROL, UserControl.stream_begin(stream_id))
         self._on_status(stream_id, "status", "NetStream.Publish.Start", "Publishing started.")
         self._resume()
@@ -393,6 +407,12 @@ class ServerConnection:
         raise RTMPError(f"{kind} message on message stream {m.stream_id} {why}")
 
     def _handle(self, m: ChunkMessage) -> None:
+        self._messages += 1
+        if self._messages > self._message_budget:
+            raise RTMPError(
+                f"peer sent {self._messages} messages without a publish being accepted; the "
+                f"limit is {MAX_MESSAGES_BEFORE_PUBLISH}"
+            )
         if len(self._out) > MAX_OUTPUT_BYTES:
             raise RTMPError(
                 f"{len(self._out)} bytes of replies wait for the peer to read them; the limit "

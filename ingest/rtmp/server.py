@@ -20,6 +20,10 @@ Admission, before anyone is authenticated (what one hostile client may hold):
 - When all ``max_connections`` are taken, a new connection closes the oldest connection whose
   publish is not accepted yet and that is older than ``eviction_age`` (a publisher mid-admission
   is spared); if there is none, the new connection is refused.
+- An unadmitted peer is read :data:`READ_SIZE_BEFORE_PUBLISH` bytes per event-loop turn, and
+  the sans-I/O connection closes it after
+  :data:`~ingest.rtmp.connection.MAX_INPUT_BEFORE_PUBLISH` bytes: flooding costs little CPU
+  and delays others little.
 - Output back-pressure: a peer that lets more than ``max_write_buffer`` bytes of replies pile up
   (it does not read) is closed. Memory per unauthenticated connection is bounded by the
   sans-I/O connection (:data:`~ingest.rtmp.connection.MAX_BYTES_BEFORE_PUBLISH`).
@@ -31,9 +35,11 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import math
 import random
 import socket
 import ssl as ssl_module
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -69,7 +75,11 @@ MAX_PENDING_PER_ADDRESS = 4  # publish decisions queued or running for one addre
 MAX_DECISIONS = 4  # publish decisions running at once (below the database pool's 5 connections)
 EVICTION_AGE = 1.0  # seconds; a full server closes unadmitted connections at least this old
 MAX_WRITE_BUFFER = 64 * 1024  # bytes of replies the peer has not read; more closes it
+READ_SIZE = 256 * 1024  # bytes read from a publishing peer per event-loop turn
+READ_SIZE_BEFORE_PUBLISH = 4096  # the same before its publish is accepted: turns stay short
 SEND_BUFFER = 32 * 1024  # SO_SNDBUF: kernel memory for a peer that does not read (we send little)
+LOG_BURST = 20  # lines about connections without an accepted publish per LOG_WINDOW ...
+LOG_WINDOW = 10.0  # ... seconds; the rest are counted and summed up in one line (attack floods)
 REJECT_DELAY = (0.2, 0.6)  # seconds, uniformly random, before a refused publish is answered
 
 log = logging.getLogger("ingest.rtmp")
@@ -113,6 +123,47 @@ def status_code(error: IngestError) -> str:
     return "NetStream.Publish.Failed"
 
 
+class LogLimiter:
+    """At most ``burst`` lines per ``window`` seconds; then one line says how many were dropped.
+
+    For what unauthenticated peers cause (refusals, timeouts, protocol errors): an attack must
+    not turn into a flood of log lines, while a few examples are kept."""
+
+    def __init__(
+        self,
+        burst: int = LOG_BURST,
+        window: float = LOG_WINDOW,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.burst = burst
+        self.window = window
+        self._clock = clock
+        self._start = -math.inf
+        self._count = 0
+        self.dropped = 0
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        now = self._clock()
+        if now - self._start >= self.window:
+            if self.dropped:
+                log.warning(
+                    "%d more lines about connections without an accepted publish were not "
+                    "logged in %g s (at most %d per %g s)",
+                    self.dropped,
+                    now - self._start,
+                    self.burst,
+                    self.window,
+                )
+            self._start = now
+            self._count = 0
+            self.dropped = 0
+        if self._count < self.burst:
+            self._count += 1
+            log.log(level, msg, *args)
+        else:
+            self.dropped += 1
+
+
 def address_key(host: str) -> str:
     """What per-address limits count by: the IPv4 address (also when IPv4-mapped) or the IPv6
     /64 (one subscriber's prefix); a host that is not an IP address counts as itself."""
@@ -127,8 +178,10 @@ def address_key(host: str) -> str:
     return str(ip)
 
 
-class _Peer(asyncio.Protocol):
-    """One TCP connection."""
+class _Peer(asyncio.BufferedProtocol):
+    """One TCP connection. Reads into the server's one shared buffer (copied out at once); an
+    unadmitted peer gets only :data:`READ_SIZE_BEFORE_PUBLISH` of it per turn, so a thousand
+    peers flooding bytes delay a publisher's handshake by little."""
 
     def __init__(self, server: RTMPServer) -> None:
         self._server = server
@@ -180,6 +233,13 @@ class _Peer(asyncio.Protocol):
             server.admission_timeout, self._admission_expired
         )
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        view = self._server._read_view
+        return view if self._admitted else view[:READ_SIZE_BEFORE_PUBLISH]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self._server._read_view[:nbytes]))
+
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
@@ -228,7 +288,7 @@ class _Peer(asyncio.Protocol):
                 elif isinstance(event, ConnectRequested):
                     log.debug("%s connect app=%r", self.peer, event.app[:64])
         except RTMPError as e:
-            log.warning("closing %s: %s", self.peer, e)
+            self._log(logging.WARNING, "closing %s: %s", self.peer, e)
             self._close(f"protocol error: {e}")
         except Exception:
             log.exception("closing %s: the publish session failed", self.peer)
@@ -252,7 +312,7 @@ class _Peer(asyncio.Protocol):
                 f"{pending} publishes from your address await a decision (limit "
                 f"{server.max_pending_per_address}): retry once they are answered"
             )
-            log.info("refusing publish from %s: %s", self.peer, description)
+            self._log(logging.INFO, "refusing publish from %s: %s", self.peer, description)
             self._decision = server._spawn(
                 self._refuse(event, "NetStream.Publish.Failed", description)
             )
@@ -285,7 +345,8 @@ class _Peer(asyncio.Protocol):
         except Exception as e:
             if isinstance(e, IngestError):
                 code, description = status_code(e), e.message
-                log.info(
+                self._log(
+                    logging.INFO,
                     "refusing publish from %s app=%r key=%s: %s",
                     self.peer,
                     event.app[:64],
@@ -327,8 +388,11 @@ class _Peer(asyncio.Protocol):
 
     def _handshake_expired(self) -> None:
         if not self._conn.handshake_complete:
-            log.info(
-                "closing %s: no handshake within %g s", self.peer, self._server.handshake_timeout
+            self._log(
+                logging.INFO,
+                "closing %s: no handshake within %g s",
+                self.peer,
+                self._server.handshake_timeout,
             )
             self._close("handshake timeout")
 
@@ -336,7 +400,12 @@ class _Peer(asyncio.Protocol):
         self._admission_timer = None
         if not self._admitted:
             timeout = self._server.admission_timeout
-            log.info("closing %s: no publish accepted %g s after connecting", self.peer, timeout)
+            self._log(
+                logging.INFO,
+                "closing %s: no publish accepted %g s after connecting",
+                self.peer,
+                timeout,
+            )
             self._close(f"admission timeout: no publish accepted within {timeout:g} s")
 
     def _schedule_idle(self, delay: float) -> None:
@@ -351,7 +420,7 @@ class _Peer(asyncio.Protocol):
             return
         silent = self._loop.time() - self._last_rx
         if silent >= idle:
-            log.info("closing %s: no data for %g s", self.peer, idle)
+            self._log(logging.INFO, "closing %s: no data for %g s", self.peer, idle)
             self._close(f"idle timeout: no data for {idle:g} s")
         else:
             self._schedule_idle(idle - silent)
@@ -369,6 +438,13 @@ class _Peer(asyncio.Protocol):
             self._close(f"no media within {timeout:g} s")
 
     # -- closing -----------------------------------------------------------------------------
+
+    def _log(self, level: int, msg: str, *args: object) -> None:
+        """Log about this connection; rate-limited while it has no accepted publish."""
+        if self._admitted:
+            log.log(level, msg, *args)
+        else:
+            self._server.quiet.log(level, msg, *args)
 
     @property
     def evictable(self) -> bool:
@@ -396,7 +472,8 @@ class _Peer(asyncio.Protocol):
             transport.write(out)
             unsent = transport.get_write_buffer_size()
             if unsent > self._server.max_write_buffer and not self._closing:
-                log.info(
+                self._log(
+                    logging.INFO,
                     "closing %s: %d bytes of replies wait for it to read (limit %d)",
                     self.peer,
                     unsent,
@@ -490,6 +567,8 @@ class RTMPServer:
         self._gate = asyncio.Semaphore(max_decisions)
         self._tasks: set[asyncio.Task[None]] = set()
         self._waiters: list[asyncio.Future[None]] = []
+        self._read_view = memoryview(bytearray(READ_SIZE))
+        self.quiet = LogLimiter()  # what unauthenticated peers make us log
 
     @property
     def port(self) -> int:
@@ -526,7 +605,8 @@ class RTMPServer:
         """Register a new connection, or say no (per-address limit; full and nothing to evict)."""
         open_here = self._by_address.get(peer.address, 0)
         if open_here >= self.max_connections_per_address:
-            log.warning(
+            self.quiet.log(
+                logging.WARNING,
                 "refusing %s: %d connections open from %s (limit %d)",
                 peer.peer,
                 open_here,
@@ -537,14 +617,16 @@ class RTMPServer:
         if len(self._peers) >= self.max_connections:
             victim = next((p for p in self._unadmitted if p.evictable), None)
             if victim is None:
-                log.warning(
+                self.quiet.log(
+                    logging.WARNING,
                     "refusing %s: %d connections open (limit %d)",
                     peer.peer,
                     len(self._peers),
                     self.max_connections,
                 )
                 return False
-            log.info(
+            self.quiet.log(
+                logging.INFO,
                 "closing %s to make room for %s: %d connections open (limit %d)",
                 victim.peer,
                 peer.peer,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from ingest.rtmp.chunk import MAX_MESSAGE_SIZE, ChunkReader, ChunkWriter
@@ -11,14 +13,16 @@ from ingest.rtmp.connection import (
     MAX_BYTES_BEFORE_PUBLISH,
     MAX_DESCRIPTION_LENGTH,
     MAX_ECHO_LENGTH,
+    MAX_INPUT_BEFORE_PUBLISH,
+    MAX_MESSAGES_BEFORE_PUBLISH,
     MAX_OUTPUT_BYTES,
     PublishRequested,
     ServerConnection,
     VideoReceived,
 )
 from ingest.rtmp.error import RTMPError
-from ingest.rtmp.messages import CommandMessage, MessageType, UserControl
-from ingest.rtmp.server import address_key
+from ingest.rtmp.messages import CommandMessage, DataMessage, MessageType, UserControl
+from ingest.rtmp.server import LOG_BURST, LOG_WINDOW, LogLimiter, address_key
 
 from .client import Client, publishing_pair, pump
 
@@ -62,7 +66,7 @@ def test_after_connect_and_before_publish_the_budget_is_bounded() -> None:
     pump(client, server)
     client.connect()
     pump(client, server)
-    client.command("x" * (MAX_BYTES_BEFORE_CONNECT * 2))  # larger than before connect: answered
+    client.command("x" * (MAX_BYTES_BEFORE_CONNECT + 1000))  # too large before connect, not now
     pump(client, server)
     assert client.commands()[-1].name == "_error"
     assert server.error is None
@@ -109,20 +113,61 @@ def test_once_publishing_the_full_message_size_applies() -> None:
 
 
 def test_a_peer_that_does_not_collect_replies_is_closed() -> None:
-    client, server = Client(), ServerConnection()
-    pump(client, server)
+    client, server, _ = publishing_pair()  # authenticated, yet it may not pile up our replies
     server.data_to_send()
     ping = UserControl.ping_request(7)
     sent = 0
-    while sent < MAX_OUTPUT_BYTES * 2:
+    while sent < MAX_OUTPUT_BYTES * 2 and server.error is None:
         chunks = client.writer.write(2, MessageType.USER_CONTROL, 0, 0, bytes(ping))
         server.receive_data(chunks)  # nobody calls server.data_to_send()
         sent += len(chunks)
-        if server.error is not None:
-            break
     with pytest.raises(RTMPError, match=f"the limit is {MAX_OUTPUT_BYTES}"):
         server.next_event()
     assert len(server.data_to_send()) <= MAX_OUTPUT_BYTES + 1024
+
+
+def test_an_unadmitted_peer_may_send_only_so_many_bytes() -> None:
+    client, server = Client(), ServerConnection()
+    client.connect()
+    pump(client, server)
+    chunk = bytes(DataMessage(["onTextData", "x" * (MAX_BYTES_BEFORE_PUBLISH // 2)]))
+    while server.error is None:  # data messages: small, valid, and ignored before publish
+        client.send(4, MessageType.DATA_AMF0, 0, 0, chunk)
+        pump(client, server)
+    with pytest.raises(
+        RTMPError,
+        match=f"without a publish being accepted; the limit is {MAX_INPUT_BEFORE_PUBLISH}",
+    ):
+        server.next_event()
+    assert server.bytes_received <= MAX_INPUT_BEFORE_PUBLISH + len(chunk) + 64
+
+
+def test_an_unadmitted_peer_may_send_only_so_many_messages() -> None:
+    assert MAX_MESSAGES_BEFORE_PUBLISH >= 20  # what OBS and ffmpeg send is about 10
+    client, server = Client(), ServerConnection()
+    client.connect()
+    for _ in range(MAX_MESSAGES_BEFORE_PUBLISH - 1):
+        client.command("_checkbw")
+    assert pump(client, server) != []  # connect, and nothing refused yet
+    client.command("_checkbw")
+    pump(client, server)
+    limit = MAX_MESSAGES_BEFORE_PUBLISH
+    with pytest.raises(RTMPError, match=f"messages without a publish .*; the limit is {limit}"):
+        server.next_event()
+
+
+def test_an_accepted_publish_lifts_the_budgets() -> None:
+    client, server, sid = publishing_pair()
+    frame = bytes(MAX_BYTES_BEFORE_PUBLISH)
+    for ts in range(MAX_MESSAGES_BEFORE_PUBLISH * 2):
+        client.video(sid, ts, frame)
+    events = pump(client, server)
+    assert len(events) == MAX_MESSAGES_BEFORE_PUBLISH * 2
+    assert server.bytes_received > MAX_INPUT_BEFORE_PUBLISH * 2
+    client.command("FCUnpublish", "key")  # after the publish ends, the connection stays usable
+    client.command("_checkbw")
+    pump(client, server)
+    assert server.error is None
 
 
 def _last_description(client: Client) -> str:
@@ -199,3 +244,22 @@ def test_chunk_reader_limits_are_per_instance_and_it_keeps_no_consumed_bytes() -
 )
 def test_per_address_limits_count_ipv4_addresses_and_ipv6_64s(host: str, key: str) -> None:
     assert address_key(host) == key
+
+
+def test_lines_about_unadmitted_peers_are_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    assert 1 <= LOG_BURST <= 100
+    caplog.set_level("INFO", "ingest.rtmp")
+    clock = [0.0]
+    limiter = LogLimiter(clock=lambda: clock[0])
+    for i in range(LOG_BURST + 500):
+        limiter.log(logging.INFO, "refusing publish %d", i)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [f"refusing publish {i}" for i in range(LOG_BURST)]
+    assert limiter.dropped == 500
+    clock[0] += LOG_WINDOW
+    limiter.log(logging.INFO, "refusing publish again")
+    assert [r.getMessage() for r in caplog.records][LOG_BURST:] == [
+        f"500 more lines about connections without an accepted publish were not logged in "
+        f"{LOG_WINDOW:g} s (at most {LOG_BURST} per {LOG_WINDOW:g} s)",
+        "refusing publish again",
+    ]
