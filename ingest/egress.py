@@ -26,14 +26,23 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 from urllib.parse import quote
 
 from ingest.calls import events as ev
 from ingest.errors import ConflictError, MediaError
+from ingest.hls.composite import Compositor
 from ingest.hls.segmenter import Init, Part, Segmenter
 from ingest.hls.stream import HlsStream
-from ingest.media.hub import GOP_CACHE_MAX_UNITS, Hub, Reader, TrackAdded, TrackEndedError
+from ingest.media.hub import (
+    GOP_CACHE_MAX_UNITS,
+    Hub,
+    Reader,
+    Track,
+    TrackAdded,
+    TrackEndedError,
+)
 from ingest.media.units import AudioConfig, Kind, VideoConfig
 from ingest.record.recorder import Recorder
 from ingest.record.storage import RecordingInfo, RecordingStorage
@@ -94,6 +103,7 @@ class Program:
         self._audio: Reader | None = None
         self._current: list[Part] = []  # parts of the segment being built
         self._media: asyncio.Task[None] | None = None
+        self.composite: CompositeFeed | None = None
         self.closed = False
         self._watcher = asyncio.create_task(self._watch(), name=f"egress {call_cid}")
 
@@ -160,8 +170,12 @@ class Program:
             async for event in watch:
                 if not isinstance(event, TrackAdded) or self.failed is not None:
                     continue
-                if self.source is None and event.kind is Kind.VIDEO:
+                if self.composite is not None:
+                    self.composite.track_added(event.participant_id, event.kind, event.track)
+                elif self.source is None and event.kind is Kind.VIDEO:
                     self._attach(event.participant_id)
+                elif event.kind is Kind.VIDEO and self.manager.composite:
+                    self._start_composite()
                 elif event.participant_id == self.source and event.kind is Kind.AUDIO:
                     if self._audio is not None:
                         self._audio.close()
@@ -173,6 +187,9 @@ class Program:
         hub = self.manager.hub
         video = hub.track(self.call_cid, participant_id, Kind.VIDEO)
         if video is None or video.ended:
+            return
+        if self.manager.composite and len(self._video_publishers()) > 1:
+            self._start_composite()
             return
         self.source = participant_id
         self._video = video.subscribe(
@@ -216,7 +233,7 @@ class Program:
             self.source = None
             if self.failed is None:
                 seg.restart()
-                if not self.closed:
+                if not self.closed and self.composite is None:
                     self._next_source()
 
     def _configure(self, video: Reader, audio: Reader | None) -> None:
@@ -231,6 +248,25 @@ class Program:
             init = self.segmenter.init
             aconfig = init.audio if init is not None else None
         self.segmenter.configure(vconfig, aconfig)
+
+    def _video_publishers(self) -> list[str]:
+        return [
+            p.participant_id
+            for p in self.manager.hub.participants(self.call_cid)
+            if p.video is not None and not p.video.ended
+        ]
+
+    def _start_composite(self) -> None:
+        """More than one host publishes video: from now on this call's output is a composite
+        (also when hosts leave again, so that the stream never changes codec settings twice)."""
+        log.info("egress of %s composites its hosts from now on", self.call_cid)
+        self.composite = CompositeFeed(self)
+        media, self._media = self._media, None
+        if media is not None:
+            media.cancel()  # its cleanup cuts what the segmenter holds
+        for p in self.manager.hub.participants(self.call_cid):
+            for kind, track in p.tracks.items():
+                self.composite.track_added(p.participant_id, kind, track)
 
     def _next_source(self) -> None:
         for p in self.manager.hub.participants(self.call_cid):
@@ -261,6 +297,8 @@ class Program:
     async def close(self) -> None:
         self.closed = True
         self._watcher.cancel()
+        if self.composite is not None:
+            await self.composite.close()
         with contextlib.suppress(asyncio.CancelledError):
             await self._watcher
         if self._media is not None:
@@ -270,6 +308,95 @@ class Program:
         for reader in (self._video, self._audio):
             if reader is not None:
                 reader.close()
+
+
+class CompositeFeed:
+    """Feeds a :class:`~ingest.hls.composite.Compositor` (on its own worker thread) from every
+    host's tracks and pushes its output, paced by the clock, into the program's segmenter."""
+
+    def __init__(self, program: Program) -> None:
+        self.program = program
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"composite {program.call_cid}")
+        self.loop = asyncio.get_running_loop()
+        self.compositor: Compositor | None = None
+        self.readers: list[Reader] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._ready = self._call(Compositor)
+        self._spawn(self._tick(), "composite tick")
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Run on the worker thread; calls run one at a time, in the order made."""
+        return self.loop.run_in_executor(self.executor, fn, *args)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=f"{name} {self.program.call_cid}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def track_added(self, participant_id: str, kind: Kind, track: Track) -> None:
+        reader = track.subscribe(
+            max_queue=GOP_CACHE_MAX_UNITS + 1 if kind is Kind.VIDEO else AUDIO_QUEUE,
+            name=f"composite {self.program.call_cid}",
+        )
+        self.readers.append(reader)
+        self._spawn(self._read(participant_id, kind, reader), "composite read")
+
+    async def _read(self, participant_id: str, kind: Kind, reader: Reader) -> None:
+        compositor: Compositor = await self._ready
+        if kind is Kind.VIDEO:
+            await self._call(compositor.add_host, participant_id)
+        try:
+            async for unit in reader:
+                if kind is Kind.VIDEO:
+                    await self._call(compositor.video_in, participant_id, unit)
+                else:
+                    await self._call(compositor.audio_in, participant_id, unit, reader.config)
+        finally:
+            reader.close()
+            if kind is Kind.VIDEO:
+                self._call(compositor.remove_host, participant_id)
+
+    async def _tick(self) -> None:
+        program = self.program
+        try:
+            compositor: Compositor = await self._ready
+            self.compositor = compositor
+            seg = program.segmenter
+            start = self.loop.time()
+            frame = 0
+            idle = True
+            while True:
+                frame += 1
+                await asyncio.sleep(max(0.0, start + frame / compositor.fps - self.loop.time()))
+                if not compositor.hosts:
+                    if not idle:
+                        seg.restart()  # nobody left: end the segment, wait for hosts
+                        idle = True
+                    continue
+                idle = False
+                t_ms = int((self.loop.time() - start) * 1000)
+                units = await self._call(compositor.render, t_ms)
+                if compositor.video_config is not None:
+                    seg.configure(compositor.video_config, compositor.audio_config)
+                for unit in units:
+                    if unit.kind is Kind.VIDEO:
+                        seg.push_video(unit)
+                    elif seg.init is not None:
+                        seg.push_audio(unit)
+        except MediaError as e:
+            program.fail(e.message)
+        except Exception as e:
+            log.exception("composite of %s failed", program.call_cid)
+            program.fail(f"internal error in the composite ({type(e).__name__}); see the log")
+
+    async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        for reader in self.readers:
+            reader.close()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 class EgressManager:
@@ -283,12 +410,15 @@ class EgressManager:
         *,
         base_url: Callable[[], str],
         storage_label: str = "the recordings directory",
+        composite: bool = True,
     ) -> None:
         self.hub = hub
         self.bus = bus
         self.storage = storage
         self.base_url = base_url
         self.storage_label = storage_label
+        self.composite = composite
+        """Composite several video hosts into one picture (else only the first is shown)."""
         self.programs: dict[str, Program] = {}
         self._stopped_hls: dict[str, HlsStream] = {}
         self._linger: dict[str, asyncio.TimerHandle] = {}

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import av
 import httpx
+import numpy as np
 
 from ingest.app import App
 from ingest.calls.events import Subscription
@@ -24,6 +27,7 @@ class Api:
 
     def __init__(self, port: int, secret: str = API_SECRET, key: str = API_KEY) -> None:
         self.secret = secret
+        self.address = ""
         self.http = httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{port}",
             headers={"Authorization": create_server_token(secret)},
@@ -43,18 +47,20 @@ class Api:
         data: dict[str, Any] = r.json()
         return data
 
-    async def setup(self) -> str:
-        """Users, the call with alice as host; returns alice's RTMP URL."""
+    async def setup(self, hosts: tuple[str, ...] = ("alice",)) -> str:
+        """Users, the call with ``hosts`` as hosts; returns the first host's RTMP URL (the
+        others': :meth:`rtmp_url`)."""
         r = await self.http.post(
-            "/api/v2/users", json={"users": {u: {"id": u} for u in ("alice", "viewer")}}
+            "/api/v2/users", json={"users": {u: {"id": u} for u in (*hosts, "viewer")}}
         )
         assert r.status_code == 201 or r.status_code == 200, r.text
-        got = await self.post(
-            "",
-            {"data": {"created_by_id": "alice", "members": [{"user_id": "alice", "role": "host"}]}},
-        )
-        address = got["call"]["ingress"]["rtmp"]["address"]
-        return f"{address}/{create_token(self.secret, 'alice')}"
+        members = [{"user_id": h, "role": "host"} for h in hosts]
+        got = await self.post("", {"data": {"created_by_id": hosts[0], "members": members}})
+        self.address = got["call"]["ingress"]["rtmp"]["address"]
+        return self.rtmp_url(hosts[0])
+
+    def rtmp_url(self, user_id: str) -> str:
+        return f"{self.address}/{create_token(self.secret, user_id)}"
 
 
 @contextlib.asynccontextmanager
@@ -86,3 +92,27 @@ async def ffprobe(*args: str) -> dict[str, Any]:
     assert proc.returncode == 0, err.decode(errors="replace")
     data: dict[str, Any] = json.loads(out)
     return data
+
+
+def analyse(data: bytes) -> tuple[float, float, list[float]]:
+    """Colourfulness of the left and right halves of the last picture, and the two strongest
+    audio frequencies (Hz) of the segment."""
+    with av.open(io.BytesIO(data), "r", format="mp4") as container:
+        frames = list(container.decode(video=0))
+        planes = frames[-1].to_ndarray()  # yuv420p: Y rows, then U, then V
+        h, w = frames[-1].height, frames[-1].width
+        u = planes[h : h + h // 4].reshape(h // 2, w // 2).astype(np.int32) - 128
+        v = planes[h + h // 4 :].reshape(h // 2, w // 2).astype(np.int32) - 128
+        chroma = np.abs(u) + np.abs(v)
+        left, right = float(chroma[:, : w // 4].mean()), float(chroma[:, w // 4 :].mean())
+    with av.open(io.BytesIO(data), "r", format="mp4") as container:
+        pcm = np.concatenate([f.to_ndarray()[0] for f in container.decode(audio=0)])
+        rate = container.streams.audio[0].sample_rate
+    spectrum = np.abs(np.fft.rfft(pcm))
+    freqs = np.fft.rfftfreq(len(pcm), 1 / rate)
+    peaks = []
+    for _ in range(2):
+        i = int(spectrum.argmax())
+        peaks.append(float(freqs[i]))
+        spectrum[max(0, i - 50) : i + 50] = 0
+    return left, right, sorted(peaks)
