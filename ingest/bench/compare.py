@@ -406,6 +406,7 @@ class Ours:
         self.proc: asyncio.subprocess.Process | None = None
         self.base = ""
         self.streams: list[_Stream] = []
+        self.log_path: Path | None = None
 
     async def start(self) -> None:
         http_port, rtmp_port = free_port(), free_port()
@@ -413,15 +414,18 @@ class Ours:
             **os.environ,
             "INGEST_API_KEY": BENCH_KEY,
             "INGEST_API_SECRET": BENCH_SECRET,
-            "INGEST_LOG_LEVEL": "WARNING",
+            "INGEST_LOG_LEVEL": "INFO",
         }
+        self.log_path = self.data_dir.parent / "ingest-serve.log"
+        log_file = open(self.log_path, "ab")  # noqa: SIM115, ASYNC230 (the child holds it)
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "ingest.cli", "serve", "--data-dir", str(self.data_dir),
             "--host", "127.0.0.1", "--public-host", "127.0.0.1",
             "--http-port", str(http_port), "--rtmp-port", str(rtmp_port),
             env=env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            stdout=log_file, stderr=log_file,
         )  # fmt: skip
+        log_file.close()
         self.base = f"http://127.0.0.1:{http_port}"
         deadline = time.monotonic() + START_TIMEOUT
         async with httpx.AsyncClient() as http:

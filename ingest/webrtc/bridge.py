@@ -73,9 +73,12 @@ AUDIO_INLINE_BUDGET_S = 0.002
 this (normally ~0.25 ms; CPU time, so a busy machine's preemption does not count), the bridge's
 transcoding moves to the worker thread (the loop must stay free for every other stream)."""
 AUDIO_INLINE_SMOOTHING = 0.2
-"""Weight of the newest frame in that moving average (which starts at 0): the first frame's
-set-up (~3 ms) or a single pause under 5 x the budget does not move it; one frame of
-5 x budget or a steady cost over the budget does."""
+"""Weight of the newest frame in that moving average (which starts at 0)."""
+AUDIO_INLINE_SPIKE_CAP = 3.0
+"""A frame's CPU counts at most this many budgets in the moving average. One slow frame (the
+encoder's set-up, a garbage collection landing in it: 10-60 ms were seen with ten viewers) then
+cannot move a track off the loop alone, which cost ~1.5 % of a core for good; two slow frames in
+a row, or a steady cost over the budget, do."""
 
 OPUS_CONFIG = AudioConfig(
     codec="opus", record=b"", sample_rate=OPUS_SAMPLE_RATE, channels=OPUS_CHANNELS
@@ -375,7 +378,8 @@ class AudioBridge(TrackBridge):
             started = self._clock()
             packets = _transcode_all(self._opus, [unit])
             cost = self.inline_cost
-            cost += AUDIO_INLINE_SMOOTHING * (self._clock() - started - cost)
+            spent = min(self._clock() - started, AUDIO_INLINE_SPIKE_CAP * AUDIO_INLINE_BUDGET_S)
+            cost += AUDIO_INLINE_SMOOTHING * (spent - cost)
             self.inline_cost = cost
             self._push(packets)
             if cost > AUDIO_INLINE_BUDGET_S:
@@ -415,6 +419,26 @@ def _flush(opus: AacToOpus) -> list[MediaUnit]:
     return [_opus_unit(p) for p in opus.flush()]
 
 
+class ForwardBridge(TrackBridge):
+    """Media of a WebRTC publisher (``config.forwarded``: units carry RTP payloads): passed on
+    untouched, whatever the codec; viewers send the payloads as received."""
+
+    def __init__(self, source: Track) -> None:
+        super().__init__(source, source.config)
+        self.kind = source.kind
+        self.source_queue = SOURCE_QUEUE_VIDEO if source.kind is Kind.VIDEO else SOURCE_QUEUE_AUDIO
+
+    @property
+    def codec(self) -> str:
+        return self.output.config.codec
+
+    async def _handle(self, batch: _Batch) -> None:
+        for unit, config in batch:
+            if config != self.output.config:
+                self.output.config = config
+            self._push([unit])
+
+
 def bridge_for(
     track: Track,
     *,
@@ -422,6 +446,8 @@ def bridge_for(
     opus_factory: OpusFactory | None = None,
 ) -> TrackBridge:
     """The right (not yet started) bridge for ``track``."""
+    if track.config.forwarded:
+        return ForwardBridge(track)
     if track.kind is Kind.VIDEO:
         return VideoBridge(track, remover_factory=remover_factory)
     return AudioBridge(track, opus_factory=opus_factory)

@@ -205,9 +205,9 @@ async def test_aac_becomes_20ms_opus_on_the_same_timeline() -> None:
 async def test_aac_to_opus_moves_off_the_loop_when_a_frame_exceeds_the_budget(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """On the event loop while frames are cheap (the first one's set-up does not count); a frame
-    that lifts the moving average over AUDIO_INLINE_BUDGET_S moves that bridge to the worker
-    thread for good, with the same output."""
+    """On the event loop while frames are cheap (the first one's set-up and a single slow frame
+    do not count); slow frames that lift the moving average over AUDIO_INLINE_BUDGET_S move
+    that bridge to the worker thread for good, with the same output."""
     caplog.set_level(logging.INFO, "ingest.webrtc")
     config, units = aac_clip(0.5)
     reference_src = source(config)
@@ -223,30 +223,30 @@ async def test_aac_to_opus_moves_off_the_loop_when_a_frame_exceeds_the_budget(
     calls = 0
     now = 0.0
 
-    def clock() -> float:  # frames "take" half the budget, the 1st 4 x (set-up), the 10th 6 x
-        nonlocal calls, now
+    def clock() -> float:  # frames "take" a quarter of the budget; the 1st 4 x (set-up), the
+        nonlocal calls, now  # 5th 30 x (a garbage collection), the 14th and 15th 6 x
         calls += 1
         frame = (calls + 1) // 2
         if calls % 2 == 0:
-            now += AUDIO_INLINE_BUDGET_S * {1: 4, 10: 6}.get(frame, 0.5)
+            now += AUDIO_INLINE_BUDGET_S * {1: 4, 5: 30, 14: 6, 15: 6}.get(frame, 0.25)
         return now
 
     src = source(config)
     bridge = AudioBridge(src, clock=clock)
     bridge.start()
     viewer = bridge.output.subscribe()
-    for u in units[:9]:
+    for u in units[:13]:
         src.push(u)
-    first = await take(viewer, 5)
+    first = await take(viewer, 10)
     assert bridge.inline
     assert bridge.inline_cost < AUDIO_INLINE_BUDGET_S
     assert 0 < AUDIO_INLINE_SMOOTHING < 1
-    for u in units[9:]:
+    for u in units[13:]:
         src.push(u)
     src.end()
     out = [*first, *await drain_to_end(viewer)]
     assert not bridge.inline
-    assert calls == 20  # measured until it moved, not after
+    assert calls == 30  # measured until it moved (the 15th frame), not after
     assert [(u.pts, u.data) for u in out] == [(u.pts, u.data) for u in expected]
     assert caplog.text.count("worker thread") == 1
 
