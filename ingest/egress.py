@@ -33,7 +33,7 @@ from urllib.parse import quote
 from ingest.calls import events as ev
 from ingest.errors import ConflictError, MediaError
 from ingest.hls.composite import Compositor
-from ingest.hls.segmenter import Init, Part, Segmenter
+from ingest.hls.segmenter import SUPPORTED_AUDIO, SUPPORTED_VIDEO, Init, Part, Segmenter
 from ingest.hls.stream import HlsStream
 from ingest.media.hub import (
     GOP_CACHE_MAX_UNITS,
@@ -188,8 +188,12 @@ class Program:
         video = hub.track(self.call_cid, participant_id, Kind.VIDEO)
         if video is None or video.ended:
             return
-        if self.manager.composite and len(self._video_publishers()) > 1:
-            self._start_composite()
+        audio_track = hub.track(self.call_cid, participant_id, Kind.AUDIO)
+        remuxable = video.config.codec in SUPPORTED_VIDEO and (
+            audio_track is None or audio_track.config.codec in SUPPORTED_AUDIO
+        )
+        if self.manager.composite and (len(self._video_publishers()) > 1 or not remuxable):
+            self._start_composite()  # several hosts, or media HLS cannot carry as it is
             return
         self.source = participant_id
         self._video = video.subscribe(

@@ -50,6 +50,29 @@ AUDIO_JITTER_S = 0.06
 host mixed from an empty buffer would be chopped into gaps."""
 
 
+DECODERS = {
+    "h264": "h264",
+    "hevc": "hevc",
+    "vp8": "vp8",
+    "vp9": "vp9",
+    "aac": "aac",
+    "opus": "opus",
+}
+"""FFmpeg decoder of each codec a host may send (WebRTC hosts' VP8/Opus included)."""
+
+
+def video_decoder(codec: str) -> VideoCodecContext:
+    ctx = av.CodecContext.create(DECODERS.get(codec, codec), "r")
+    assert isinstance(ctx, VideoCodecContext)
+    return ctx
+
+
+def audio_decoder(codec: str) -> AudioCodecContext:
+    ctx = av.CodecContext.create(DECODERS.get(codec, codec), "r")
+    assert isinstance(ctx, AudioCodecContext)
+    return ctx
+
+
 def grid(n: int, width: int = WIDTH, height: int = HEIGHT) -> list[tuple[int, int, int, int]]:
     """Cells (x, y, w, h) for ``n`` hosts, row by row; sizes in multiples of 4 (4:2:0)."""
     if n <= 0:
@@ -71,6 +94,7 @@ class _Host:
     def __init__(self, participant_id: str) -> None:
         self.participant_id = participant_id
         self.video: VideoCodecContext | None = None
+        self.video_codec = ""
         self.audio: AudioCodecContext | None = None
         self.audio_record: bytes = b""
         self.resampler: AudioResampler | None = None
@@ -136,10 +160,12 @@ class Compositor:
         host = self.hosts.get(participant_id)
         if host is None:
             return
-        if host.video is None:
-            host.video = av.VideoCodecContext.create("h264", "r")
+        decoder = host.video
+        if decoder is None or host.video_codec != unit.codec:
+            decoder = host.video = video_decoder(unit.codec)
+            host.video_codec = unit.codec
         try:
-            for frame in host.video.decode(av.Packet(unit.data)):
+            for frame in decoder.decode(av.Packet(unit.data)):
                 host.picture = frame
         except av.error.FFmpegError as e:
             self.decode_errors += 1
@@ -149,14 +175,16 @@ class Compositor:
         host = self.hosts.get(participant_id)
         if host is None:
             return
-        if host.audio is None or host.audio_record != config.record:
-            host.audio = av.AudioCodecContext.create("aac", "r")
-            host.audio.extradata = config.record
+        decoder = host.audio
+        if decoder is None or host.audio_record != config.record:
+            decoder = host.audio = audio_decoder(config.codec)
+            if config.record:
+                decoder.extradata = config.record
             host.audio_record = config.record
             host.resampler = AudioResampler(format="fltp", layout="stereo", rate=AUDIO_RATE)
         assert host.resampler is not None
         try:
-            frames = host.audio.decode(av.Packet(unit.data))
+            frames = decoder.decode(av.Packet(unit.data))
             for frame in frames:
                 for out in host.resampler.resample(frame):
                     host.pcm = np.concatenate([host.pcm, out.to_ndarray().astype(np.float32)], 1)

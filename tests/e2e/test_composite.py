@@ -5,16 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import httpx
+import numpy as np
 import pytest
 
 from ingest.app import App
-from ingest.media.hub import TrackAdded
-from ingest.media.units import Kind
+from ingest.calls.events import EventBus
+from ingest.egress import EgressManager
+from ingest.media.hub import Hub, TrackAdded
+from ingest.media.units import Kind, MediaUnit, VideoConfig
+from ingest.record.storage import LocalStorage
 from tests.e2e.egress_helpers import CID, analyse, ffprobe, open_api, wait_event
 from tests.e2e.media import MEDIA_DIR, make_flv, push
+from tests.unit.webrtc.synth import Publisher, aac_clip
 
 pytestmark = pytest.mark.e2e
 
@@ -77,3 +84,45 @@ async def test_two_hosts_make_one_composite_with_both_pictures_and_both_voices(
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
+
+
+def vp8_clip(frames: int) -> tuple[VideoConfig, tuple[MediaUnit, ...]]:
+    """VP8 like a WebRTC host sends (libvpx), in memory."""
+    encoder = av.CodecContext.create("libvpx", "w")
+    assert isinstance(encoder, av.VideoCodecContext)
+    encoder.width, encoder.height = 320, 240
+    encoder.pix_fmt = "yuv420p"
+    encoder.time_base = Fraction(1, 1000)
+    encoder.framerate = Fraction(30)
+    encoder.options = {"deadline": "realtime", "cpu-used": "8", "g": "30"}
+    units = []
+    for i in range(frames):
+        image = np.full((240, 320, 3), (i * 4) % 255, np.uint8)
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
+        frame.pts = i * 1000 // 30
+        for p in encoder.encode(frame):
+            units.append(
+                MediaUnit(Kind.VIDEO, "vp8", p.pts or 0, p.pts or 0, bytes(p), p.is_keyframe)
+            )
+    return VideoConfig("vp8", b"", width=320, height=240), tuple(units)
+
+
+async def test_a_host_hls_cannot_carry_as_is_is_transcoded(tmp_path: Path) -> None:
+    """A WebRTC host's VP8 goes through the composite path (H.264 out), not refused."""
+    hub = Hub()
+    bus = EventBus()
+    egress = EgressManager(hub, bus, LocalStorage(tmp_path), base_url=lambda: "http://x")
+    publisher = Publisher(hub, vp8_clip(60), aac_clip(2.0), call_cid=CID)
+    try:
+        egress.start_hls(CID)
+        publisher.start()
+        stream = egress.hls_stream(CID)
+        assert stream is not None
+        assert await stream.wait_media(30)
+        init = stream.segments[0].init
+        assert init.video is not None
+        assert (init.video.codec, init.video.width, init.video.height) == ("h264", 1280, 720)
+        assert egress.hls_status(CID) == "running"
+    finally:
+        await publisher.stop()
+        await egress.stop()
