@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from ingest.hls.composite import HEIGHT, WIDTH, Compositor, fit, grid
+from ingest.hls.composite import (
+    AUDIO_JITTER_S,
+    AUDIO_RATE,
+    HEIGHT,
+    MAX_AUDIO_BUFFER_S,
+    WIDTH,
+    Compositor,
+    fit,
+    grid,
+)
 from ingest.hls.segmenter import Init, Part, Segmenter
 from ingest.media.units import Kind
 from tests.e2e.egress_helpers import analyse
@@ -72,3 +81,23 @@ def test_two_hosts_are_drawn_side_by_side_and_mixed() -> None:
     assert abs(peaks[1] - 880) < 5
     comp.remove_host("b")
     assert list(comp.hosts) == ["a"]
+
+
+def test_a_hosts_audio_buffer_is_bounded_and_primed_before_mixing() -> None:
+    aconfig, audio = aac_clip(1.5, rate=48_000)
+    comp = Compositor()
+    comp.add_host("a")
+    host = comp.hosts["a"]
+    comp.audio_in("a", audio[0], aconfig)
+    comp.audio_in("a", audio[1], aconfig)
+    buffered = host.pcm.shape[1]
+    assert 0 < buffered < AUDIO_JITTER_S * AUDIO_RATE
+    comp.render(100)  # too little to be mixed yet: kept for later
+    assert host.pcm.shape[1] == buffered
+    assert not host.primed
+    for unit in audio[2:]:  # 1.5 s arrive while nothing is mixed
+        comp.audio_in("a", unit, aconfig)
+    assert host.pcm.shape[1] == int(MAX_AUDIO_BUFFER_S * AUDIO_RATE)
+    comp.render(200)
+    assert host.primed
+    assert host.pcm.shape[1] < int(MAX_AUDIO_BUFFER_S * AUDIO_RATE)
