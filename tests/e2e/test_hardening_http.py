@@ -7,17 +7,22 @@ Clients are raw asyncio streams, so the test controls every byte and its timing.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hmac
+import json
 import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from ingest.app import App
 from ingest.http import MAX_HEADER_BYTES
 from ingest.webrtc.sfu import MAX_OFFER_BYTES
+from tests.conftest import API_KEY, API_SECRET
 
 pytestmark = pytest.mark.e2e
 
@@ -211,3 +216,59 @@ async def test_whep_stops_reading_a_huge_streamed_body(app_factory: Callable[...
     # the answer may be lost to the reset when the server closes with our bytes unread
     assert data == b"" or data.startswith(b"HTTP/1.1 413 "), data[:80]
     assert grown < 64 * 1024 * 1024
+
+
+def signed(payload: dict[str, Any]) -> str:
+    """An HS256 JWT of any JSON payload, signed with the test server's secret."""
+
+    def b64(data: bytes) -> bytes:
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps(payload).encode())
+    sig = b64(hmac.digest(API_SECRET.encode(), head + b"." + body, "sha256"))
+    return (head + b"." + body + b"." + sig).decode()
+
+
+@pytest.mark.parametrize(
+    ("payload", "claim"),
+    [
+        ({"user_id": "alice", "aud": "elsewhere"}, "'aud'"),
+        ({"user_id": "alice", "sub": 42}, "'sub'"),
+        ({"user_id": 42}, "'user_id'"),
+        ({"user_id": "alice", "iat": 1e300}, "'iat'"),
+        ({"user_id": "alice", "exp": float("nan")}, "'exp'"),
+        ({"user_id": "alice", "exp": "tomorrow"}, "'exp'"),
+    ],
+)
+async def test_odd_claims_of_a_signed_token_are_a_401_everywhere(
+    server: App, payload: dict[str, Any], claim: str
+) -> None:
+    """REST, WHEP and the call WebSocket: a 401 (4401) naming the claim, never a 500."""
+    from websockets.asyncio.client import connect
+
+    token = signed(payload)
+    base = f"http://127.0.0.1:{server.http_port}"
+    async with httpx.AsyncClient(base_url=base) as http:
+        rest = await http.get(
+            f"/api/v2/video/call/livestream/show?api_key={API_KEY}",
+            headers={"Authorization": token},
+        )
+        whep = await http.post(
+            "/whep/livestream/show/alice",
+            content="v=0\r\n",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/sdp"},
+        )
+    for resp in (rest, whep):
+        assert resp.status_code == 401, resp.text
+        assert claim in resp.json()["message"]
+    url = (
+        f"ws://127.0.0.1:{server.http_port}/video/connect?api_key={API_KEY}"
+        f"&call_type=livestream&call_id=show&token={token}"
+    )
+    async with connect(url) as ws:
+        refusal = json.loads(await asyncio.wait_for(ws.recv(), MARGIN))
+        assert claim in refusal["message"]
+        with contextlib.suppress(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), MARGIN)
+    assert ws.close_code == 4401
