@@ -40,6 +40,7 @@ import random
 import socket
 import ssl as ssl_module
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -77,6 +78,8 @@ EVICTION_AGE = 1.0  # seconds; a full server closes unadmitted connections at le
 MAX_WRITE_BUFFER = 64 * 1024  # bytes of replies the peer has not read; more closes it
 READ_SIZE = 256 * 1024  # bytes read from a publishing peer per event-loop turn
 READ_SIZE_BEFORE_PUBLISH = 4096  # the same before its publish is accepted: turns stay short
+LIGHT_BYTES = 16 * 1024  # an unadmitted peer that sent more is served only within PREAUTH_SLICE
+PREAUTH_SLICE = 0.005  # seconds per event-loop turn for such heavy talkers; the rest waits a turn
 SEND_BUFFER = 32 * 1024  # SO_SNDBUF: kernel memory for a peer that does not read (we send little)
 LOG_BURST = 20  # lines about connections without an accepted publish per LOG_WINDOW ...
 LOG_WINDOW = 10.0  # ... seconds; the rest are counted and summed up in one line (attack floods)
@@ -206,6 +209,7 @@ class _Peer(asyncio.BufferedProtocol):
         self._admission_timer: asyncio.TimerHandle | None = None
         self._key = ""
         self._close_reason: str | None = None
+        self._held: bytes | None = None  # read, not yet processed (over the pre-auth slice)
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -238,7 +242,34 @@ class _Peer(asyncio.BufferedProtocol):
         return view if self._admitted else view[:READ_SIZE_BEFORE_PUBLISH]
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(bytes(self._server._read_view[:nbytes]))
+        data = bytes(self._server._read_view[:nbytes])
+        if self._admitted or (self._held is None and self._conn.bytes_received < LIGHT_BYTES):
+            self.data_received(data)  # publishers, and peers that sent as little as OBS does
+            return
+        server = self._server
+        if self._held is None and server._slice_left():
+            start = time.perf_counter()
+            self.data_received(data)
+            server._slice_spent(time.perf_counter() - start)
+            return
+        # a heavy talker beyond this turn's slice: keep the bytes, read no more, wait in line
+        if self._held is None:
+            self._held = data
+            server._waiting.append(self)
+            server._schedule_turn()
+        else:
+            self._held += data
+        assert self._transport is not None
+        if self._transport.is_reading():
+            self._transport.pause_reading()
+
+    def _serve_held(self) -> None:
+        data, self._held = self._held, None
+        if data is None or self._closing:
+            return
+        self.data_received(data)
+        if not self._closing and self._transport is not None:
+            self._transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -489,6 +520,7 @@ class _Peer(asyncio.BufferedProtocol):
             return
         self._closing = True
         self._close_reason = reason
+        self._held = None
         for timer in (self._timer, self._media_timer, self._admission_timer):
             if timer is not None:
                 timer.cancel()
@@ -569,6 +601,9 @@ class RTMPServer:
         self._waiters: list[asyncio.Future[None]] = []
         self._read_view = memoryview(bytearray(READ_SIZE))
         self.quiet = LogLimiter()  # what unauthenticated peers make us log
+        self._waiting: deque[_Peer] = deque()  # heavy unadmitted peers with held bytes
+        self._slice_used = 0.0
+        self._turn_scheduled = False
 
     @property
     def port(self) -> int:
@@ -639,6 +674,32 @@ class RTMPServer:
         self._by_address[peer.address] = open_here + 1
         self._changed()
         return True
+
+    # -- the pre-auth time slice: heavy unadmitted talkers share PREAUTH_SLICE per turn ----------
+
+    def _schedule_turn(self) -> None:
+        if not self._turn_scheduled:
+            self._turn_scheduled = True
+            asyncio.get_running_loop().call_soon(self._next_turn)
+
+    def _slice_left(self) -> bool:
+        self._schedule_turn()  # the slice is renewed on the next turn of the loop
+        return self._slice_used < PREAUTH_SLICE
+
+    def _slice_spent(self, seconds: float) -> None:
+        self._slice_used += seconds
+
+    def _next_turn(self) -> None:
+        self._turn_scheduled = False
+        self._slice_used = 0.0
+        waiting = self._waiting
+        while waiting and self._slice_left():
+            peer = waiting.popleft()
+            start = time.perf_counter()
+            peer._serve_held()
+            self._slice_spent(time.perf_counter() - start)
+        if waiting:
+            self._schedule_turn()
 
     def _release(self, counts: dict[str, int], key: str) -> None:
         n = counts.get(key, 0) - 1

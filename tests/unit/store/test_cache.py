@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ingest.calls.models import Call, CallType, Member, User
-from ingest.store.db import CACHE_SIZE, CACHE_TTL, ReadCache, Store
+from ingest.calls.models import Call, CallSession, CallType, Member, User
+from ingest.store.db import CACHE_SIZE, CACHE_TTL, ReadCache, Store, fresh_copy
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -51,7 +51,9 @@ async def test_a_flood_of_the_same_reads_costs_one_query_each(store: Store) -> N
         assert await store.get_member("livestream:show", "viewer") is None
         assert await store.get_call("livestream:nope") is None  # misses are cached too
         assert len(await store.list_call_types()) == 1
-    assert queries.selects == 7
+        assert [m.user_id for m in await store.list_members("livestream:show")] == ["alice"]
+        assert list(await store.get_users(["alice", "nobody"])) == ["alice"]
+    assert queries.selects == 9  # get_users found alice cached, and "nobody" cached as missing
 
 
 async def test_revocation_role_change_and_removal_are_seen_at_once(store: Store) -> None:
@@ -94,6 +96,24 @@ async def test_revocation_role_change_and_removal_are_seen_at_once(store: Store)
     assert [t.name for t in await store.list_call_types()] == ["livestream"]
 
     assert await store.get_call("livestream:new") is None
+    assert [m.user_id for m in await store.list_members("livestream:show")] == ["alice"]
+    await store.put_member(Member("livestream:show", "carol", "host", {}, NOW, NOW))
+    listed = await store.list_members("livestream:show")
+    assert [m.user_id for m in listed] == ["alice", "carol"]
+    assert list(await store.get_users(["carol"])) == []
+    await store.put_user(User("carol", created_at=NOW, updated_at=NOW))
+    assert list(await store.get_users(["carol", "alice"])) == ["carol", "alice"]
+
+    assert await store.get_session("s1") is None
+    await store.put_session(CallSession("s1", "livestream:show", started_at=NOW))
+    session = await store.get_session("s1")
+    assert session is not None
+    session.ended_at = NOW
+    await store.put_session(session)
+    session = await store.get_session("s1")
+    assert session is not None
+    assert session.ended_at == NOW
+
     new = Call("livestream:new", "livestream", "new", "alice", created_at=NOW, updated_at=NOW)
     assert await store.insert_call(new)
     assert await store.get_call("livestream:new") is not None
@@ -108,6 +128,24 @@ async def test_callers_get_copies(store: Store) -> None:
     assert fresh is not None
     assert fresh.custom == {}
     assert fresh.role == "user"
+
+
+def test_copies_share_nothing_mutable() -> None:
+    ct = CallType("t", {"host": ["send-audio"]}, {"backstage": {"enabled": True}}, NOW, NOW)
+    copied = fresh_copy(ct)
+    assert copied == ct
+    copied.grants["host"].append("send-video")
+    copied.settings["backstage"]["enabled"] = False
+    assert ct.grants == {"host": ["send-audio"]}
+    assert ct.settings == {"backstage": {"enabled": True}}
+
+
+async def test_forget_drops_what_tx_wrote_behind_the_cache(store: Store) -> None:
+    assert await store.get_user("alice") is not None
+    async with store.tx() as conn:
+        await conn.execute(sa.delete(sa.table("users", sa.column("id"))))
+    store.forget()
+    assert await store.get_user("alice") is None
 
 
 async def test_a_write_by_another_process_is_seen_within_the_ttl(store: Store) -> None:
