@@ -324,6 +324,7 @@ class CompositeFeed:
         self.loop = asyncio.get_running_loop()
         self.compositor: Compositor | None = None
         self.readers: list[Reader] = []
+        self._tracks: set[Track] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self._ready = self._call(Compositor)
         self._spawn(self._tick(), "composite tick")
@@ -338,6 +339,9 @@ class CompositeFeed:
         task.add_done_callback(self.tasks.discard)
 
     def track_added(self, participant_id: str, kind: Kind, track: Track) -> None:
+        if track in self._tracks or track.ended:
+            return  # already read (the watch also announces tracks the feed started with)
+        self._tracks.add(track)
         reader = track.subscribe(
             max_queue=GOP_CACHE_MAX_UNITS + 1 if kind is Kind.VIDEO else AUDIO_QUEUE,
             name=f"composite {self.program.call_cid}",
@@ -357,6 +361,7 @@ class CompositeFeed:
                     await self._call(compositor.audio_in, participant_id, unit, reader.config)
         finally:
             reader.close()
+            self._tracks.discard(reader.track)
             if kind is Kind.VIDEO:
                 self._call(compositor.remove_host, participant_id)
 

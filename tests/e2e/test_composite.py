@@ -53,6 +53,7 @@ async def test_two_hosts_make_one_composite_with_both_pictures_and_both_voices(
                 await wait_event(sub, "call.hls_broadcasting_started", within=30)
                 program = server.egress.programs[CID]
                 assert program.composite is not None
+                assert len(program.composite.readers) == 4  # each track read once
                 playlist_url = server.egress.playlist_url(CID)
                 async with httpx.AsyncClient(timeout=30) as http:
                     text = ""
@@ -69,6 +70,8 @@ async def test_two_hosts_make_one_composite_with_both_pictures_and_both_voices(
                 video = next(s for s in info["streams"] if s["codec_type"] == "video")
                 assert (video["codec_name"], video["width"], video["height"]) == ("h264", 1280, 720)
                 assert any(s["codec_name"] == "aac" for s in info["streams"])
+                assert program.composite.compositor is not None
+                assert program.composite.compositor.decode_errors == 0
                 left, right, peaks = await asyncio.to_thread(analyse, init + seg)
                 assert left > 20, (left, right)  # alice's colour pattern
                 assert right < 5, (left, right)  # bob's grey picture (and black bars)
