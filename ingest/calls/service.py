@@ -83,8 +83,10 @@ WATCH_CAPABILITIES = frozenset({caps.JOIN_CALL, caps.JOIN_BACKSTAGE})
 CUT_KICKED = "kicked"
 CUT_REVOKED = "revoked"
 CUT_REMOVED = "removed"
+CUT_BACKSTAGE = "backstage"
 """Why a watcher is cut (the front end picks its close code by it): kicked, its token revoked,
-removed from the call or its role no longer lets it watch."""
+removed from the call or its role no longer lets it watch, or (WHEP viewers without
+join-backstage) the call went back to backstage."""
 
 Disconnect = Callable[[str, str], None]
 """``(cause, reason)``: end a watcher's session now (must not block); ``cause`` is a ``CUT_*``."""
@@ -201,6 +203,7 @@ class CallService:
         self.participants: dict[str, dict[str, Participant]] = {}
         self.watchers: dict[str, set[Watcher]] = {}
         self._revoked_before: dict[str, float] = {}  # user id -> cutoff seen by this process
+        bus.add_listener(self._on_call_event)
         self.egress: Egress | None = None  # HLS and recording (ingest/egress.py), set by the app
 
     # --- start-up --------------------------------------------------------------------------
@@ -839,6 +842,16 @@ class CallService:
         by_call.discard(watcher)
         if not by_call:
             del self.watchers[watcher.call_cid]
+
+    def _on_call_event(self, event: dict[str, Any]) -> None:
+        """Back to backstage: WHEP viewers without join-backstage lose the call (a call
+        WebSocket client stays connected and loses its subscriptions, see signaling.py)."""
+        if event.get("type") != ev.CALL_UPDATED or event.get("backstage") is not True:
+            return
+        cid = event.get("call_cid")
+        for watcher in list(self.watchers.get(cid, ()) if isinstance(cid, str) else ()):
+            if watcher.source == "whep" and caps.JOIN_BACKSTAGE not in watcher.rights:
+                self._cut(watcher, CUT_BACKSTAGE, f"{cid} went back to backstage")
 
     def _cut(self, watcher: Watcher, cause: str, reason: str) -> None:
         """End a watcher's session, once."""

@@ -31,6 +31,12 @@ pytestmark = pytest.mark.e2e
 TIMEOUT = 20.0
 CUT_DEADLINE = 5.0  # the promise: the session ends within this after the API call returns
 QUIET = 1.0  # seconds a cut viewer is watched to see that no media follows
+IN_FLIGHT = 0.3  # packets sent before the close may still be arriving this long after it
+
+
+def media_after(viewer: Viewer, closed_at: float) -> list[float]:
+    """Arrival times of video packets later than what was in flight at the close."""
+    return [p.t for p in viewer.packets["video"] if p.t > closed_at + IN_FLIGHT]
 
 
 @pytest.fixture(scope="session")
@@ -159,9 +165,34 @@ async def test_every_session_of_the_user_ends(live: Live, how: str, code: int, s
             assert session.pc.connectionState == "closed"
             assert not live.app.sfu.sessions
             print(f"{how}: both sessions ended {1000 * (time.monotonic() - cut_at):.0f} ms after")
-            received = len(viewer.packets["video"])
+            closed_at = time.perf_counter()  # the viewer's clock
             await asyncio.sleep(QUIET)  # watch on purpose: the absence of media is the point
-            assert len(viewer.packets["video"]) == received
+            assert media_after(viewer, closed_at) == []
         finally:
             await viewer.close()
     assert not live.app.calls.watchers  # nobody left on the roster
+
+
+async def test_back_to_backstage_ends_a_whep_viewer_without_join_backstage(live: Live) -> None:
+    url = f"http://127.0.0.1:{live.app.http_port}/whep/livestream/show/alice"
+    async with connect(live.ws_url(create_token(API_SECRET, "viewer"))) as ws:
+        await until_joined_with_tracks(ws)  # alice publishes
+    viewer = Viewer(token=create_token(API_SECRET, "viewer"))
+    host = Viewer(token=create_token(API_SECRET, "alice"))
+    try:
+        await viewer.connect(url)
+        (viewer_session,) = live.app.sfu.sessions.values()
+        await host.connect(url)
+        await viewer.until("video", 5)
+        await host.until("video", 5)
+        await live.api("POST", "/video/call/livestream/show/stop_live", {})
+        await asyncio.wait_for(viewer_session.closed.wait(), CUT_DEADLINE)
+        assert viewer_session.pc.connectionState == "closed"
+        assert len(live.app.sfu.sessions) == 1  # the host may watch backstage: still there
+        closed_at = time.perf_counter()
+        await host.until("video", len(host.frames) + 30)  # the host's media goes on meanwhile
+        assert media_after(viewer, closed_at) == []
+        assert [p.t for p in host.packets["video"] if p.t > closed_at + IN_FLIGHT]
+    finally:
+        await viewer.close()
+        await host.close()

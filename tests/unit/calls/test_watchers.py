@@ -13,6 +13,7 @@ import pytest
 from ingest.calls import wire as w
 from ingest.calls.events import EventBus
 from ingest.calls.service import (
+    CUT_BACKSTAGE,
     CUT_KICKED,
     CUT_REMOVED,
     CUT_REVOKED,
@@ -153,3 +154,18 @@ async def test_authorize_whep_holds_the_viewer_on_the_roster(svc: CallService) -
     assert cuts.got[0][0] == CUT_KICKED
     release()  # the session closed afterwards: nothing left, nothing raised
     assert CID not in svc.watchers
+
+
+async def test_back_to_backstage_cuts_whep_viewers_without_join_backstage(
+    svc: CallService,
+) -> None:
+    viewer = await svc.authenticate(create_token(SECRET, "viewer"))
+    host = await svc.authenticate(create_token(SECRET, "host"))
+    whep_viewer, whep_host, ws_viewer = Cuts(), Cuts(), Cuts()
+    svc.add_watcher(CID, viewer, "whep", whep_viewer, frozenset({"join-call"}))
+    svc.add_watcher(CID, host, "whep", whep_host, WATCH_CAPABILITIES)
+    svc.add_watcher(CID, viewer, "websocket", ws_viewer, frozenset({"join-call"}))
+    await svc.stop_live(SERVER, "livestream", "show", w.StopLiveRequest())
+    assert whep_viewer.got == [(CUT_BACKSTAGE, f"{CID} went back to backstage")]
+    assert whep_host.got == []
+    assert ws_viewer.got == []  # it stays, and only loses its subscriptions (signaling.py)
