@@ -238,6 +238,13 @@ class _Ops:
     def list_recordings(call_type: str, call_id: str) -> Op[w.ListRecordingsResponse]:
         return Op("GET", _call(call_type, call_id, "/recordings"), w.ListRecordingsResponse)
 
+    @staticmethod
+    def delete_recording(
+        call_type: str, call_id: str, session_id: str, filename: str
+    ) -> Op[w.EmptyResponse]:
+        suffix = f"/recordings/{quote(session_id, safe='')}/{quote(filename, safe='')}"
+        return Op("DELETE", _call(call_type, call_id, suffix), w.EmptyResponse)
+
 
 class _Base:
     def __init__(
@@ -414,6 +421,11 @@ class Client(_Base):
     def list_recordings(self, call_type: str, call_id: str) -> w.ListRecordingsResponse:
         return self.send(_Ops.list_recordings(call_type, call_id))
 
+    def delete_recording(
+        self, call_type: str, call_id: str, session_id: str, filename: str
+    ) -> w.EmptyResponse:
+        return self.send(_Ops.delete_recording(call_type, call_id, session_id, filename))
+
 
 class AsyncClient(_Base):
     """The same methods as :class:`Client`, as coroutines; ``async with`` or :meth:`aclose`."""
@@ -562,3 +574,8 @@ class AsyncClient(_Base):
 
     async def list_recordings(self, call_type: str, call_id: str) -> w.ListRecordingsResponse:
         return await self.send(_Ops.list_recordings(call_type, call_id))
+
+    async def delete_recording(
+        self, call_type: str, call_id: str, session_id: str, filename: str
+    ) -> w.EmptyResponse:
+        return await self.send(_Ops.delete_recording(call_type, call_id, session_id, filename))

@@ -379,9 +379,22 @@ def build_router(svc: CallService) -> APIRouter:
     async def list_recordings(
         request: Request, call_type: CallType_, call_id: CallId, caller: Auth
     ) -> w.ListRecordingsResponse:
-        """Recordings of the call."""
-        await svc.get_call(caller, call_type, call_id)
-        return done(request, w.ListRecordingsResponse(recordings=[]))
+        """Recordings of the call: one fragmented MP4 file each, downloadable at ``url``."""
+        call, _ = await svc.get_call(caller, call_type, call_id)
+        return done(request, w.ListRecordingsResponse(recordings=await R.recordings(svc, call.cid)))
+
+    @router.delete("/video/call/{call_type}/{call_id}/recordings/{session}/{filename}")
+    async def delete_recording(
+        request: Request,
+        call_type: CallType_,
+        call_id: CallId,
+        session: str,
+        filename: str,
+        caller: Auth,
+    ) -> w.EmptyResponse:
+        """Delete one recording (needs the capability to stop recordings)."""
+        await svc.delete_recording(caller, call_type, call_id, session, filename)
+        return done(request, w.EmptyResponse())
 
     return router
 

@@ -114,12 +114,31 @@ async def call(svc: CallService, c: Call, ct: CallType) -> w.CallResponse:
             rtmp=w.Address(address=svc.rtmp_address(c)),
             whip=w.Address(address=svc.whip_address(c)),
         ),
-        egress=w.CallEgress(
-            broadcasting=c.hls,
-            hls=w.EgressHLS(playlist_url="", status="starting" if c.hls else "stopped"),
-        ),
+        egress=egress(svc, c),
         session=await session(svc, c, s) if s else None,
     )
+
+
+def egress(svc: CallService, c: Call) -> w.CallEgress:
+    """What HLS is really doing (the egress knows; without one, what was asked)."""
+    if svc.egress is None:
+        hls = w.EgressHLS(status="starting" if c.hls else "stopped")
+    else:
+        status = svc.egress.hls_status(c.cid)
+        hls = w.EgressHLS(
+            playlist_url=svc.egress.playlist_url(c.cid) if status != "stopped" else "",
+            status=status if status in ("stopped", "starting", "running", "failed") else "failed",
+        )
+    return w.CallEgress(broadcasting=c.hls, hls=hls)
+
+
+async def recordings(svc: CallService, cid: str) -> list[w.RecordingResponse]:
+    if svc.egress is None:
+        return []
+    return [
+        w.RecordingResponse.model_validate(svc.egress.recording_json(info))
+        for info in await svc.egress.recordings(cid)
+    ]
 
 
 async def members(svc: CallService, ms: list[Member]) -> list[w.MemberResponse]:

@@ -583,7 +583,7 @@ class CallService:
         caller = Caller(server=False, user_id=user_id)
         have = await self.capabilities_of(caller, call, ct)
         for p in list(self.participants.get(call.cid, {}).values()):
-            if p.user_id != user_id or p.source != "rtmp":
+            if p.user_id != user_id:  # a publisher of any protocol (RTMP, WHIP)
                 continue
             if caps.SEND_AUDIO not in have and caps.SEND_VIDEO not in have:
                 self._disconnect(p, f"user '{user_id}' was {why}")
@@ -695,6 +695,19 @@ class CallService:
         elif egress is not None and was:
             await (egress.stop_hls(call.cid) if what == "hls" else egress.stop_recording(call.cid))
         return call, ct
+
+    async def delete_recording(
+        self, caller: Caller, call_type: str, call_id: str, session_id: str, filename: str
+    ) -> None:
+        call, ct = await self.load_call(call_type, call_id)
+        await self.require(caller, call, ct, caps.STOP_RECORD)
+        if self.egress is None or not await self.egress.delete_recording(
+            call.cid, session_id, filename
+        ):
+            raise NotFoundError(
+                f"no recording '{filename[:80]}' of session '{session_id[:40]}' in {call.cid}: "
+                "list them with GET .../recordings"
+            )
 
     async def end_call(self, caller: Caller, call_type: str, call_id: str) -> None:
         call, ct = await self.load_call(call_type, call_id)
@@ -933,15 +946,25 @@ class CallService:
     async def authorize_publish(
         self, app: str, stream_key: str
     ) -> tuple[Caller, Call, CallType, str]:
-        """Who may publish where; raises an IngestError whose message is the refusal."""
+        """RTMP: who may publish where (the app path names the call, the stream key is the
+        user token); raises an IngestError whose message is the refusal."""
         call_type, call_id = self.parse_rtmp_app(app)
+        return await self.authorize_publisher(call_type, call_id, stream_key, "stream key")
+
+    async def authorize_publisher(
+        self, call_type: str, call_id: str, token: str, credential: str = "token"
+    ) -> tuple[Caller, Call, CallType, str]:
+        """Who may publish where, for every front end once it has parsed its request (RTMP: app
+        path and stream key; WHIP: URL and bearer token): the same rules in the same words.
+        ``credential`` names the token as the client sent it. Raises an IngestError whose
+        message is the refusal."""
         try:
-            caller = await self.authenticate(stream_key)
+            caller = await self.authenticate(token)
         except AuthenticationError as e:
-            raise type(e)(f"stream key refused: {e.message}") from None
+            raise type(e)(f"{credential} refused: {e.message}") from None
         if caller.server:
             raise PermissionDeniedError(
-                "stream key is a server token: use a user token of a host "
+                f"{credential} is a server token: use a user token of a host "
                 "(ingest token <user_id>) so the stream has a participant"
             )
         call, ct = await self.load_call(call_type, call_id)
@@ -964,10 +987,11 @@ class CallService:
             )
         role = await self.role_in_call(caller, call) or "user"
         log.info(
-            "publish authorized: user %s into %s (key %s)",
+            "publish authorized: user %s into %s (%s %s)",
             caller.user_id,
             call.cid,
-            redact(stream_key),
+            credential,
+            redact(token),
         )
         return caller, call, ct, role
 

@@ -56,6 +56,8 @@ from pylibsrtp import Session as SrtpSession
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
+from ingest.webrtc.aiortc_compat import RangedConnection
+
 log = logging.getLogger("ingest.webrtc")
 
 _S = "_RTCRtpSender__"
@@ -166,6 +168,10 @@ def check_aiortc() -> None:
         )
 
 
+# aioice's Connection, or ours binding within the UDP port range (same sockets, same pairs)
+_PLAIN_CONNECTIONS = (IceConnection, RangedConnection)
+
+
 def _route(dtls: Any) -> tuple[Any, SendTo, Any] | None:
     """(libsrtp context, UDP sendto, remote address) of a connected DTLS transport over a plain
     UDP ICE pair; ``None`` for anything else (then aiortc's own ``_send_rtp`` is used)."""
@@ -174,7 +180,7 @@ def _route(dtls: Any) -> tuple[Any, SendTo, Any] | None:
     if dtls._state != State.CONNECTED:
         raise ConnectionError("Cannot send encrypted RTP, not connected")
     connection = getattr(dtls.transport, "_connection", None)
-    if type(connection) is not IceConnection:
+    if connection is None or type(connection) not in _PLAIN_CONNECTIONS:
         return None
     pair = connection._nominated.get(1)
     if pair is None:

@@ -185,6 +185,12 @@ async def test_webrtc_binds_only_within_the_port_range(
                 line = await asyncio.wait_for(v.stdout.readline(), 30)
                 assert line.strip() == b"first-frame"
             assert len(app.sfu.sessions) == 3
+            # the lean send path (webrtc/sending.py) still carries the media on these sockets
+            for session in app.sfu.sessions.values():
+                for transceiver in session.pc.getTransceivers():
+                    sender = transceiver.sender
+                    if transceiver.kind == "video":
+                        assert getattr(sender, "lean_packets", 0) > 0
             opened = [p for p in udp_ports_of_this_process() if p not in before]
             assert len(opened) >= 3, opened  # at least one host candidate per viewer
             assert all(p in ports for p in opened), opened
