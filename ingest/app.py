@@ -42,6 +42,7 @@ from .webrtc.ice import IcePolicy, check_url
 from .webrtc.sfu import SFU
 from .webrtc.signaling import Signaling, build_signaling_router
 from .webrtc.whep import build_whep_router
+from .whip import WhipIngress, build_whip_router
 
 log = logging.getLogger("ingest")
 
@@ -224,6 +225,7 @@ class App:
         self.rtmps: RTMPServer | None = None
         self.rtmps_port: int | None = None
         self.signaling: Signaling | None = None
+        self.whip: WhipIngress | None = None
         self.rtmp: RTMPServer | None = None
         self.ingress: RtmpIngress | None = None
         self.egress: EgressManager | None = None
@@ -310,6 +312,8 @@ class App:
             )
             self.webhooks.start()
         self.signaling = Signaling(self.calls, self.hub, self.sfu)
+        self.whip = WhipIngress(self.calls, self.hub)
+        self.whip.ice = self.sfu.ice  # the same STUN/TURN servers and public addresses
         self.api = self._build_api()
         config = uvicorn.Config(
             self.api,
@@ -350,6 +354,8 @@ class App:
         install_error_handlers(api, cors_origins=self._cors_origins)
         api.include_router(build_router(self.calls))
         api.include_router(build_whep_router(self.sfu, self.calls.authorize_whep))
+        if self.whip is not None:
+            api.include_router(build_whip_router(self.whip))
         if self.egress is not None:
             api.include_router(build_egress_router(self.calls, self.egress))
         if self.signaling is not None:
@@ -390,6 +396,8 @@ class App:
         self._stopped = True
         if self.signaling is not None:
             await self.signaling.stop()
+        if self.whip is not None:
+            await self.whip.stop()
         await self.sfu.stop()
         if self.rtmp is not None:
             await self.rtmp.stop()

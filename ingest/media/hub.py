@@ -293,6 +293,7 @@ class Track:
         "_readers",
         "_state",
         "call_cid",
+        "keyframe_requester",
         "kind",
         "participant_id",
         "units_pushed",
@@ -323,6 +324,9 @@ class Track:
         self._gop_bytes = 0
         self._gop_valid = False  # False until a keyframe, and after the cache overflowed
         self._audio_tail: deque[_Entry] = deque()
+        self.keyframe_requester: Callable[[], None] | None = None
+        """Set by a publisher that can make a keyframe on demand (WHIP: a PLI to the sender);
+        :meth:`request_keyframe` calls it. The publisher merges and rate-limits requests."""
 
     def __repr__(self) -> str:
         return f"<Track {self.call_cid}/{self.participant_id}/{self.kind.value}>"
@@ -383,6 +387,13 @@ class Track:
             self._cache_audio(entry, unit)
         for reader in self._readers:
             reader._offer(entry, keyframe)
+
+    def request_keyframe(self) -> None:
+        """A consumer needs a keyframe now (a new viewer, a viewer's PLI/FIR); no-op if the
+        publisher cannot make one on demand (RTMP)."""
+        requester = self.keyframe_requester
+        if requester is not None and not self._ended:
+            requester()
 
     def end(self) -> None:
         """End the track: readers drain their queues, then get :class:`TrackEndedError`.

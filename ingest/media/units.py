@@ -20,8 +20,8 @@ class Kind(enum.Enum):
 class VideoConfig:
     """What a decoder needs before the first frame (from the AVC/HEVC sequence header)."""
 
-    codec: str  # "h264" (carried); "hevc", "av1", "vp9" are recognised, refused for now
-    record: bytes  # the raw decoder configuration record (avcC for H.264)
+    codec: str  # "h264", "vp8" (WHIP, forwarded); "hevc", "av1", "vp9" recognised, refused
+    record: bytes  # the raw decoder configuration record (avcC for H.264; empty from WHIP)
     sps: tuple[bytes, ...] = ()  # parameter sets without start codes
     pps: tuple[bytes, ...] = ()
     width: int = 0
@@ -29,6 +29,9 @@ class VideoConfig:
     profile: int = 0  # profile_idc (66 Baseline, 77 Main, 100 High, ...)
     level: int = 0  # level_idc (31 = 3.1)
     profile_compat: int = 0  # constraint flags byte, for profile-level-id
+    forwarded: bool = False
+    """The units carry the publisher's RTP payloads (:attr:`MediaUnit.payloads`, WHIP):
+    WebRTC viewers get them as received, never repacked, decoded or encoded."""
 
     @property
     def profile_level_id(self) -> str:
@@ -38,11 +41,13 @@ class VideoConfig:
 
 @dataclass(frozen=True, slots=True)
 class AudioConfig:
-    codec: str  # "aac" (carried); "opus" recognised
+    codec: str  # "aac" (carried); "opus" (WHIP, forwarded)
     record: bytes  # AudioSpecificConfig for AAC
     sample_rate: int = 0
     channels: int = 0
     object_type: int = 0  # AAC audio object type (2 = LC)
+    forwarded: bool = False
+    """As :attr:`VideoConfig.forwarded`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +56,9 @@ class MediaUnit:
 
     For H.264 ``data`` is Annex B (start codes), with SPS and PPS in front of every IDR.
     For AAC ``data`` is one raw frame (no ADTS header) of 1024 samples.
+    From a WebRTC publisher (WHIP), ``payloads`` are the frame's RTP payloads exactly as the
+    publisher sent them, in sequence order (``data`` is the depacketized frame: Annex B for
+    H.264, the VP8 frame, the Opus packet).
     """
 
     kind: Kind
@@ -59,6 +67,7 @@ class MediaUnit:
     pts: int  # ms, participant timeline
     data: bytes
     keyframe: bool = False
+    payloads: tuple[bytes, ...] | None = None
 
     @property
     def composition_offset(self) -> int:

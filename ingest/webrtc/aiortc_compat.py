@@ -1,5 +1,7 @@
 """Where we reach into aioice/aiortc beyond their public API, checked once at start.
 
+(Also: forwarding a WebRTC publisher's RTP without decoding it, see the end of this module.)
+
 **UDP port range.** aioice binds each peer connection's host candidates to a random port, which no
 firewall rule or container port mapping can admit. :class:`RangedConnection` gathers host
 candidates on ports of a configured range instead (``webrtc_udp_ports = "50000-50100"``); the
@@ -26,6 +28,10 @@ from dataclasses import dataclass
 import aiortc.rtcicetransport as rtcicetransport
 from aioice import ice as aioice_ice
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
+from aiortc.jitterbuffer import JitterBuffer
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from aiortc.rtcrtpsender import RTCRtpSender
+from aiortc.rtp import RtpPacket
 
 log = logging.getLogger("ingest.webrtc")
 
@@ -172,3 +178,79 @@ class RangedConnection(aioice_ice.Connection):
                 candidates += [t.result()[0] for t in done if t.exception() is None]
         # TURN (relayed candidates): aioice's own code, with no host addresses to bind.
         return candidates + await super().get_component_candidates(component, [], timeout)
+
+
+# --- forwarding (WHIP): receive RTP without decoding, keyframe requests both ways -------------
+#
+# Private names used (aiortc 1.16): the receiver's name-mangled ``__jitter_buffer`` (its
+# ``add(packet) -> (pli, frame)`` is handed every packet after SRTP, statistics, NACK and RTX
+# handling, with ``packet._data`` depacketized), ``RTCRtpReceiver._send_rtcp_pli`` and
+# ``RTCRtpSender._send_keyframe`` (called by the sender's RTCP handling for a PLI or FIR).
+# :func:`check_forwarding` verifies them, at import.
+
+_JITTER_BUFFER_ATTR = "_RTCRtpReceiver__jitter_buffer"
+
+
+class _ForwardingTap:
+    """Stands in for a receiver's jitter buffer: hands each packet to ``sink`` and never
+    returns a frame, so aiortc never decodes (its decoder thread never makes a decoder)."""
+
+    def __init__(self, sink: Callable[[RtpPacket], None]) -> None:
+        self.sink = sink
+        self.capacity = 0
+
+    def add(self, packet: RtpPacket) -> tuple[bool, None]:
+        self.sink(packet)
+        return False, None
+
+
+def check_forwarding() -> None:
+    """Raise :class:`AioiceChanged` unless aiortc still has what forwarding relies on."""
+    problems = []
+    if _JITTER_BUFFER_ATTR not in RTCRtpReceiver.__init__.__code__.co_names:
+        problems.append(f"RTCRtpReceiver.__init__ no longer sets {_JITTER_BUFFER_ATTR}")
+    if _JITTER_BUFFER_ATTR not in RTCRtpReceiver._handle_rtp_packet.__code__.co_names:
+        problems.append("RTCRtpReceiver._handle_rtp_packet no longer feeds its jitter buffer")
+    if not callable(getattr(RTCRtpReceiver, "_send_rtcp_pli", None)):
+        problems.append("RTCRtpReceiver has no _send_rtcp_pli()")
+    if "_send_keyframe" not in RTCRtpSender._handle_rtcp_packet.__code__.co_names:
+        problems.append("RTCRtpSender._handle_rtcp_packet no longer calls _send_keyframe")
+    if problems:
+        raise AioiceChanged(
+            "this aiortc does not match ingest.webrtc.aiortc_compat's forwarding (written for "
+            "aiortc 1.16): " + "; ".join(problems)
+        )
+
+
+def forward_receiver(receiver: RTCRtpReceiver, sink: Callable[[RtpPacket], None]) -> None:
+    """From now on, ``receiver`` hands every RTP packet to ``sink`` (in arrival order, RTX
+    unwrapped, ``packet._data`` depacketized) and decodes nothing. Call before it receives."""
+    current = vars(receiver).get(_JITTER_BUFFER_ATTR)
+    if not isinstance(current, JitterBuffer):
+        raise AioiceChanged(f"{receiver!r} has no jitter buffer in {_JITTER_BUFFER_ATTR}")
+    setattr(receiver, _JITTER_BUFFER_ATTR, _ForwardingTap(sink))
+
+
+def is_forwarding(receiver: RTCRtpReceiver) -> bool:
+    """Whether :func:`forward_receiver` set up ``receiver``."""
+    return isinstance(vars(receiver).get(_JITTER_BUFFER_ATTR), _ForwardingTap)
+
+
+def depayloaded(packet: RtpPacket) -> bytes:
+    """The depacketized payload aiortc stored on a packet before its jitter buffer."""
+    data = getattr(packet, "_data", b"")
+    return data if isinstance(data, bytes) else b""
+
+
+async def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
+    """Ask the publisher of ``media_ssrc`` for a keyframe (RTCP PLI)."""
+    await receiver._send_rtcp_pli(media_ssrc)
+
+
+def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
+    """Call ``callback`` whenever the subscriber of ``sender`` sends a PLI or FIR (aiortc's own
+    handling would ask the sender's encoder, which forwarded media does not have)."""
+    sender._send_keyframe = callback  # type: ignore[method-assign]
+
+
+check_forwarding()

@@ -157,6 +157,20 @@ class OpusPacker(_UnitPacker):
         return [unit.data]
 
 
+class ForwardPacker(_UnitPacker):
+    """Forwarded WebRTC media (WHIP): the publisher's RTP payloads exactly as received
+    (``unit.payloads``), for any codec; only the RTP header is the viewer's own."""
+
+    def __init__(self, time_base: Fraction) -> None:
+        self.time_base = time_base
+
+    def _payloads(self, unit: MediaUnit) -> list[bytes]:
+        payloads = unit.payloads
+        if payloads is None:
+            raise TypeError(f"{unit!r} has no RTP payloads to forward")
+        return list(payloads)
+
+
 class HeaderExtensionsWriter(HeaderExtensionsMap):
     """aiortc's header-extension map, with a fast ``set`` for what our senders write.
 

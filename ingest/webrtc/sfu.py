@@ -24,15 +24,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.codecs import get_capabilities
 from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from aiortc.sdp import MediaDescription, SessionDescription
 
 from ingest.errors import InputError, NotFoundError, RateLimitedError
 from ingest.media.hub import GOP_CACHE_MAX_UNITS, Hub, Track
-from ingest.media.units import Kind
+from ingest.media.units import Kind, VideoConfig
+from ingest.webrtc.aiortc_compat import on_keyframe_request
 from ingest.webrtc.bridge import (
     AudioBridge,
+    ForwardBridge,
     OpusFactory,
     RemoverFactory,
     TrackBridge,
@@ -46,7 +50,13 @@ from ingest.webrtc.negotiation import (
     without_mdns_candidates,
 )
 from ingest.webrtc.packing import install as install_packer
-from ingest.webrtc.tracks import HubPacketTrack, OpusAudioTrack, PassthroughVideoTrack
+from ingest.webrtc.tracks import (
+    ForwardedAudioTrack,
+    ForwardedVideoTrack,
+    HubPacketTrack,
+    OpusAudioTrack,
+    PassthroughVideoTrack,
+)
 
 log = logging.getLogger("ingest.webrtc")
 
@@ -166,17 +176,32 @@ class SFU:
         )
         try:
             transceivers: dict[Kind, RTCRtpTransceiver] = {}
+            refused: list[str] = []
             for kind, source in sources.items():
                 if kind.value not in wanted:
+                    continue
+                forwarded = forwarded_preferences(source, offer)
+                if forwarded == []:  # the viewer cannot decode it: its section is not answered
+                    refused.append(f"{kind.value} is {source.config.codec}")
                     continue
                 bridge = self._acquire(source)
                 session.bridges.append(bridge)
                 viewer, transceiver = add_viewer_track(session.pc, bridge)
                 session.tracks.append(viewer)
-                if kind is Kind.AUDIO:
+                if forwarded is not None:
+                    transceiver.setCodecPreferences(forwarded)
+                elif kind is Kind.AUDIO:
                     transceiver.setCodecPreferences(opus_preferences())
                 transceivers[kind] = transceiver
+            if refused:
+                log.info("viewer cannot decode %s: not sending it", ", ".join(refused))
             if not transceivers:
+                if refused:
+                    what = ", ".join(refused)
+                    raise InputError(
+                        f"this viewer cannot decode what the participant sends ({what}): "
+                        "offer those codecs"
+                    )
                 raise InputError("the offer has no audio or video section this participant sends")
             try:
                 await session.pc.setRemoteDescription(
@@ -187,7 +212,7 @@ class SFU:
             except OperationError as exc:  # no codec in common
                 raise InputError(f"cannot answer this SDP offer: {exc}") from exc
             video = transceivers.get(Kind.VIDEO)
-            if video is not None:
+            if video is not None and _needs_h264_answer(session.bridges):
                 session.video_profile_level_id = _negotiate_video(video, offer, session.bridges)
             answer = await session.pc.createAnswer()
             await session.pc.setLocalDescription(answer)
@@ -329,6 +354,17 @@ def _parse_offer(offer_sdp: str) -> SessionDescription:
 
 def viewer_track(bridge: TrackBridge) -> HubPacketTrack:
     """A new viewer's own track on a bridge's output (bounded reader; video from the GOP)."""
+    if isinstance(bridge, ForwardBridge):
+        # forwarded video starts at the next keyframe, which the join asks the publisher for
+        # (no backlog of a long GOP): see add_viewer_track
+        reader = bridge.output.subscribe(
+            max_queue=VIEWER_QUEUE_VIDEO if bridge.kind is Kind.VIDEO else VIEWER_QUEUE_AUDIO,
+            from_gop=False,
+            name=f"webrtc-viewer-forwarded-{bridge.kind.value}",
+        )
+        if bridge.kind is Kind.VIDEO:
+            return ForwardedVideoTrack(reader)
+        return ForwardedAudioTrack(reader)
     if isinstance(bridge, VideoBridge):
         reader = bridge.output.subscribe(
             max_queue=VIEWER_QUEUE_VIDEO, from_gop=True, name="webrtc-viewer-video"
@@ -356,16 +392,62 @@ def add_viewer_track(
     track = viewer_track(bridge)
     transceiver = pc.addTransceiver(track, direction="sendonly")
     install_packer(transceiver.sender, track.packer())
+    if isinstance(bridge, ForwardBridge) and bridge.kind is Kind.VIDEO:
+        # the viewer's PLI / FIR, and its join, ask the publisher (merged, rate-limited)
+        on_keyframe_request(transceiver.sender, bridge.source.request_keyframe)
+        bridge.source.request_keyframe()
     return track, transceiver
+
+
+def forwarded_preferences(
+    source: Track, offer: SessionDescription
+) -> list[RTCRtpCodecCapability] | None:
+    """Codec preferences for a forwarded (WHIP) track: its codec (+ RTX) if the offer has it,
+    ``[]`` if the viewer cannot decode it; ``None`` for other tracks (negotiated as before)."""
+    config = source.config
+    if not config.forwarded:
+        return None
+    if config.codec == "h264" and isinstance(config, VideoConfig):
+        offered = [m for m in offer.media if m.kind == "video"]
+        ok = offered and h264_answer_codecs(offered[0].rtp.codecs, config.profile_level_id)
+        if not ok:
+            return []
+    mime = f"{source.kind.value}/{config.codec}".lower()
+    if not any(
+        c.mimeType.lower() == mime
+        for m in offer.media
+        if m.kind == source.kind.value
+        for c in m.rtp.codecs
+    ):
+        return []
+    caps = get_capabilities(source.kind.value).codecs
+    chosen = [c for c in caps if c.mimeType.lower() == mime]
+    if config.codec == "h264":
+        chosen = chosen[:1]  # replaced by the exact profile in _negotiate_video
+    rtx = [c for c in caps if c.mimeType.lower().endswith("/rtx")]
+    return chosen + rtx
+
+
+def _needs_h264_answer(bridges: list[TrackBridge]) -> bool:
+    video = next((b for b in bridges if b.kind is Kind.VIDEO), None)
+    if isinstance(video, ForwardBridge):
+        return video.codec == "h264"
+    return video is not None
 
 
 def _negotiate_video(
     transceiver: RTCRtpTransceiver, offer: SessionDescription, bridges: list[TrackBridge]
 ) -> str:
     """Replace aiortc's H.264 choice for our video transceiver (see ``negotiation``)."""
-    bridge = next(b for b in bridges if isinstance(b, VideoBridge))
+    bridge = next(b for b in bridges if b.kind is Kind.VIDEO)
+    if isinstance(bridge, VideoBridge):
+        profile_level_id = bridge.profile_level_id
+    else:
+        config = bridge.output.config
+        assert isinstance(config, VideoConfig)
+        profile_level_id = config.profile_level_id
     media = _media_of(offer, transceiver.mid)
-    choice = h264_answer_codecs(media.rtp.codecs, bridge.profile_level_id)
+    choice = h264_answer_codecs(media.rtp.codecs, profile_level_id)
     if choice is None:
         raise InputError("the offer has no H.264 with packetization-mode=1; we only send H.264")
     transceiver._codecs = choice.codecs

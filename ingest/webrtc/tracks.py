@@ -31,6 +31,7 @@ from ingest.media.units import MediaUnit
 from ingest.webrtc.packing import (
     AUDIO_TIME_BASE,
     VIDEO_TIME_BASE,
+    ForwardPacker,
     H264Packer,
     OpusPacker,
     PayloadCache,
@@ -148,6 +149,28 @@ class OpusAudioTrack(HubPacketTrack):
 
     def packer(self) -> Encoder:
         return OpusPacker()
+
+
+class ForwardedVideoTrack(HubPacketTrack):
+    """A WebRTC publisher's video (VP8, H.264) forwarded as received: its payloads at 90 kHz."""
+
+    kind = "video"
+    clock_rate = VIDEO_CLOCK_RATE
+    time_base = VIDEO_TIME_BASE
+
+    def packer(self) -> Encoder:
+        return ForwardPacker(self.time_base)
+
+
+class ForwardedAudioTrack(HubPacketTrack):
+    """A WebRTC publisher's Opus forwarded as received, at 48 kHz."""
+
+    kind = "audio"
+    clock_rate = AUDIO_CLOCK_RATE
+    time_base = AUDIO_TIME_BASE
+
+    def packer(self) -> Encoder:
+        return ForwardPacker(self.time_base)
 
 
 def to_packet(unit: MediaUnit, pts: int, time_base: Fraction) -> av.Packet[Any]:

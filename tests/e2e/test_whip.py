@@ -1,0 +1,442 @@
+"""WHIP ingest end to end: aiortc publishers (VP8 + Opus from generated pictures and a tone)
+publish, aiortc WHEP viewers receive the very payloads the publisher sent, never decoded or
+re-encoded by the server."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import av
+import httpx
+import numpy as np
+import pytest
+from aiortc import (
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.codecs import get_capabilities
+from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from aiortc.rtp import RtpPacket, is_rtcp
+
+from ingest.app import App
+from ingest.calls import wire as w
+from ingest.calls.events import Subscription
+from ingest.client import create_token
+from ingest.webrtc import aiortc_compat
+from ingest.webrtc.bridge import ForwardBridge
+from ingest.webrtc.forwarding import KEYFRAME_REQUEST_INTERVAL_S, vp8_keyframe
+from ingest.webrtc.packing import ForwardPacker, installed_packer
+from tests.conftest import API_SECRET, api
+from tests.e2e.calls import Call, livestream
+from tests.e2e.webrtc_viewer import Viewer
+
+pytestmark = pytest.mark.e2e
+
+TIMEOUT = 15.0
+LATE_FIRST_FRAME_S = 2.0
+"""A late viewer's first frame after connecting (bench target: 0.5 s; margin for a busy box)."""
+
+
+def token(user: str) -> str:
+    return create_token(API_SECRET, user, ttl=3600)
+
+
+class Pictures(VideoStreamTrack):
+    """320x240 frames whose brightness changes every frame."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    async def recv(self) -> av.VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        y = np.full((240, 320), 16 + (self.count * 7) % 200, np.uint8)
+        y[:, (self.count * 4) % 320 :] = 128
+        frame = av.VideoFrame.from_ndarray(
+            np.concatenate([y, np.full((120, 320), 128, np.uint8)]), format="yuv420p"
+        )
+        self.count += 1
+        frame.pts, frame.time_base = pts, time_base
+        return frame
+
+
+class Tone(AudioStreamTrack):
+    """A 440 Hz tone, 20 ms frames, 48 kHz mono."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.samples = 0
+        self.started: float | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        rate, n = 48_000, 960
+        if self.started is None:
+            self.started = time.monotonic()
+        wait = self.started + self.samples / rate - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)  # pacing the generator, not waiting for a condition
+        t = (np.arange(n) + self.samples) / rate
+        pcm = (np.sin(2 * math.pi * 440 * t) * 8000).astype(np.int16).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = rate
+        frame.pts = self.samples
+        frame.time_base = fractions.Fraction(1, rate)
+        self.samples += n
+        return frame
+
+
+@dataclass
+class Publisher:
+    """An aiortc WHIP publisher; records every RTP payload it sends, per kind."""
+
+    token: str
+    pc: RTCPeerConnection = field(
+        default_factory=lambda: RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    )
+    sent: dict[str, list[bytes]] = field(default_factory=lambda: {"audio": [], "video": []})
+    keyframes_sent: list[float] = field(default_factory=list)
+    """When each VP8 keyframe left (``time.perf_counter``)."""
+    location: str = ""
+    senders: dict[str, RTCRtpSender] = field(default_factory=dict)
+    _waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = field(default_factory=list)
+
+    async def publish(self, url: str) -> httpx.Response:
+        video = self.pc.addTransceiver(Pictures(), direction="sendonly")
+        video.setCodecPreferences(
+            [
+                c
+                for c in get_capabilities("video").codecs
+                if c.mimeType in ("video/VP8", "video/rtx")
+            ]
+        )
+        audio = self.pc.addTransceiver(Tone(), direction="sendonly")
+        self.senders = {"video": video.sender, "audio": audio.sender}
+        self._tap()
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        async with httpx.AsyncClient() as http:
+            resp = await http.post(
+                url,
+                content=self.pc.localDescription.sdp,
+                headers={
+                    "Content-Type": "application/sdp",
+                    "Authorization": f"Bearer {self.token}",
+                },
+                timeout=TIMEOUT,
+            )
+        if resp.status_code == 201:
+            self.location = resp.headers["location"]
+            await self.pc.setRemoteDescription(RTCSessionDescription(resp.text, "answer"))
+        return resp
+
+    def _tap(self) -> None:
+        """Record each RTP payload as the publisher's transport sends it (before SRTP)."""
+        transport = self.senders["video"].transport
+        send = transport._send_rtp
+        ssrcs = {s._ssrc: kind for kind, s in self.senders.items()}
+
+        async def tapped(data: bytes) -> None:
+            if not is_rtcp(data):
+                packet = RtpPacket.parse(data)
+                kind = ssrcs.get(packet.ssrc)
+                if kind is not None:
+                    self.sent[kind].append(packet.payload)
+                    if kind == "video" and vp8_keyframe(packet.payload)[0]:
+                        self.keyframes_sent.append(time.perf_counter())
+                    for waiter in [x for x in self._waiters if x[0]()]:
+                        self._waiters.remove(waiter)
+                        if not waiter[1].done():
+                            waiter[1].set_result(None)
+            await send(data)
+
+        transport._send_rtp = tapped  # type: ignore[method-assign]
+
+    async def until(self, condition: Callable[[], bool], within: float = TIMEOUT) -> None:
+        if condition():
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append((condition, future))
+        await asyncio.wait_for(future, within)
+
+    async def close(self) -> None:
+        await self.pc.close()
+
+
+@dataclass
+class PayloadViewer(Viewer):
+    """A WHEP viewer that also keeps every RTP payload it receives (not retransmissions)."""
+
+    got: dict[str, list[bytes]] = field(default_factory=lambda: {"audio": [], "video": []})
+
+    def _tap(self, kind: str, receiver: RTCRtpReceiver) -> None:
+        super()._tap(kind, receiver)
+        inner = receiver._handle_rtp_packet
+
+        async def tapped(packet: RtpPacket, arrival_time_ms: int) -> None:
+            if packet.payload_type not in self._rtx_types and packet.payload:
+                self.got[kind].append(packet.payload)
+            await inner(packet, arrival_time_ms)
+
+        receiver._handle_rtp_packet = tapped  # type: ignore[method-assign]
+
+
+async def wait_event(sub: Subscription, type_: str, within: float = TIMEOUT) -> dict[str, Any]:
+    async def loop() -> dict[str, Any]:
+        while True:
+            event = await sub.get()
+            if event["type"] == type_:
+                return event
+
+    return await asyncio.wait_for(loop(), within)
+
+
+def whip_url(call: Call) -> str:
+    return f"{call.base}/whip/{call.call_type}/{call.call_id}"
+
+
+@pytest.fixture
+async def call(server: App) -> AsyncIterator[Call]:
+    async with livestream(server, "livestream", "show") as c:
+        yield c
+
+
+async def test_whip_publish_is_forwarded_byte_identical(
+    call: Call, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aiortc.rtcrtpreceiver as receiver_module
+    import aiortc.rtcrtpsender as sender_module
+
+    made: list[str] = []
+    get_decoder = receiver_module.get_decoder  # type: ignore[attr-defined]
+    get_encoder = sender_module.get_encoder  # type: ignore[attr-defined]
+
+    def decoder(codec: Any) -> Any:
+        made.append(f"dec {codec.mimeType}")
+        return get_decoder(codec)
+
+    def encoder(codec: Any) -> Any:
+        made.append(f"enc {codec.mimeType}")
+        return get_encoder(codec)
+
+    monkeypatch.setattr(receiver_module, "get_decoder", decoder)
+    monkeypatch.setattr(sender_module, "get_encoder", encoder)
+    publisher = Publisher(token("alice"))
+    viewer = PayloadViewer(token=token("viewer"))
+    try:
+        with call.app.bus.subscribe("livestream:show") as sub:
+            resp = await publisher.publish(whip_url(call))
+            assert resp.status_code == 201, resp.text
+            assert resp.headers["location"].startswith("/whip/session/")
+            assert "a=candidate:" in resp.text
+            assert "VP8" in resp.text
+            joined = await wait_event(sub, "call.session_participant_joined")
+            assert joined["participant"]["source"] == "whip"
+            started = await wait_event(sub, "ingress.started")
+            assert started["ingress"] == "whip"
+            # a second of media through the server before anybody watches: nothing decoded
+            await publisher.until(lambda: len(publisher.sent["video"]) >= 30)
+            assert sorted(made) == ["enc audio/opus", "enc video/VP8"], made
+            assert call.app.whip is not None
+            (whip,) = call.app.whip.sessions.values()
+            assert all(aiortc_compat.is_forwarding(r) for r in whip.receivers.values())
+            await call.go_live()
+            await viewer.connect(call.whep())
+            assert "VP8" in viewer.answer
+            await viewer.until("video", 30)
+            await viewer.until("audio", 48_000)
+            # the server's sender packs the publisher's payloads: no encoder for this track
+            (session,) = call.app.sfu.sessions.values()
+            packers = [installed_packer(t.sender) for t in session.pc.getTransceivers()]
+            assert all(isinstance(p, ForwardPacker) for p in packers), packers
+            assert all(isinstance(b, ForwardBridge) for b in session.bridges)
+            # the only codecs made anywhere: the publisher's encoders, the viewer's decoders
+            assert sorted(made) == sorted(
+                ["enc video/VP8", "enc audio/opus", "dec video/VP8", "dec audio/opus"]
+            ), made
+            for kind in ("video", "audio"):
+                sent = {p: i for i, p in enumerate(publisher.sent[kind])}
+                got = viewer.got[kind]
+                assert len(got) > 20
+                missing = [p for p in got if p not in sent]
+                assert not missing, f"{len(missing)} {kind} payloads differ from the publisher's"
+                order = [sent[p] for p in got]
+                assert order == sorted(order), f"{kind} payloads out of the publisher's order"
+            assert viewer.frames[-1].width == 320
+            assert viewer.frames[-1].height == 240
+            # health of a WHIP participant
+            (p,) = call.app.calls.list_participants("livestream:show")
+            assert p.health is not None
+            health = w.ParticipantHealth.model_validate(p.health())
+            assert health.transport == "whip"
+            assert health.video is not None
+            assert health.video.codec == "vp8"
+            assert health.video.width == 320
+            assert health.video.height == 240
+            assert health.audio is not None
+            assert health.audio.codec == "opus"
+            assert health.bitrate_kbps > 0
+            # the publisher ends: left events, the viewer's session ends
+            async with httpx.AsyncClient() as http:
+                gone = await http.delete(f"{call.base}{publisher.location}")
+            assert gone.status_code == 200
+            left = await wait_event(sub, "call.session_participant_left")
+            assert left["participant"]["source"] == "whip"
+            stopped = await wait_event(sub, "ingress.stopped")
+            assert stopped["ingress"] == "whip"
+            assert call.app.calls.list_participants("livestream:show") == []
+    finally:
+        await viewer.close()
+        await publisher.close()
+
+
+async def test_late_viewer_gets_a_keyframe_on_request(call: Call) -> None:
+    """aiortc's VP8 encoder makes a keyframe at start and on request only (its gop_size is
+    3000 frames: 100 s), so a viewer joining seconds later starts only thanks to its PLI."""
+    publisher = Publisher(token("alice"))
+    viewer = PayloadViewer(token=token("viewer"))
+    await call.go_live()
+    try:
+        resp = await publisher.publish(whip_url(call))
+        assert resp.status_code == 201, resp.text
+        await publisher.until(lambda: len(publisher.keyframes_sent) >= 1)
+        first_key = publisher.keyframes_sent[0]
+        # 2 s of frames after the first keyframe, before the viewer comes
+        await publisher.until(lambda: time.perf_counter() - first_key > 2.0, within=TIMEOUT)
+        keys_before = len(publisher.keyframes_sent)
+        await viewer.connect(call.whep())
+        connected_at = time.perf_counter()
+        shown = await asyncio.wait_for(viewer.first_frame, TIMEOUT)
+        assert shown - connected_at < LATE_FIRST_FRAME_S
+        assert len(publisher.keyframes_sent) > keys_before, "the join asked for no keyframe"
+        assert call.app.whip is not None
+        (whip,) = call.app.whip.sessions.values()
+        assert whip.keyframes.sent >= 1
+        # a viewer's PLI also reaches the publisher, once the rate limit's window is over
+        last = publisher.keyframes_sent[-1]
+        await publisher.until(lambda: time.perf_counter() - last > KEYFRAME_REQUEST_INTERVAL_S)
+        keys = len(publisher.keyframes_sent)
+        video = viewer.receivers["video"]
+        (source,) = video.getSynchronizationSources()
+        await video._send_rtcp_pli(source.source)
+        await publisher.until(lambda: len(publisher.keyframes_sent) > keys)
+    finally:
+        await viewer.close()
+        await publisher.close()
+
+
+async def test_second_publish_of_the_same_user_takes_over(call: Call) -> None:
+    first, second = Publisher(token("alice")), Publisher(token("alice"))
+    try:
+        with call.app.bus.subscribe("livestream:show") as sub:
+            assert (await first.publish(whip_url(call))).status_code == 201
+            one = await wait_event(sub, "call.session_participant_joined")
+            assert (await second.publish(whip_url(call))).status_code == 201
+            left = await wait_event(sub, "call.session_participant_left")
+            assert left["participant"]["user_session_id"] == one["participant"]["user_session_id"]
+            two = await wait_event(sub, "call.session_participant_joined")
+            assert two["participant"]["user_session_id"] != one["participant"]["user_session_id"]
+        parts = call.app.calls.list_participants("livestream:show")
+        assert [p.session_id for p in parts] == [two["participant"]["user_session_id"]]
+        assert call.app.whip is not None
+        assert len(call.app.whip.sessions) == 1
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_kick_ends_the_whip_publish(call: Call) -> None:
+    publisher = Publisher(token("alice"))
+    try:
+        with call.app.bus.subscribe("livestream:show") as sub:
+            assert (await publisher.publish(whip_url(call))).status_code == 201
+            await wait_event(sub, "ingress.started")
+            closed = asyncio.Event()
+
+            @publisher.pc.on("connectionstatechange")
+            def _state() -> None:
+                if publisher.pc.connectionState in ("closed", "failed"):
+                    closed.set()
+
+            await publisher.until(lambda: len(publisher.sent["video"]) > 10)
+            started = time.monotonic()
+            await call.client.kick_user("livestream", "show", "alice")
+            await wait_event(sub, "call.session_participant_left", within=5)
+            assert call.app.whip is not None
+            assert call.app.whip.sessions == {}
+            assert time.monotonic() - started < 5
+        assert call.app.calls.list_participants("livestream:show") == []
+    finally:
+        await publisher.close()
+
+
+async def test_refusals_use_the_rtmp_words(call: Call) -> None:
+    async with httpx.AsyncClient() as http:
+        offer = "v=0\r\n"
+        bad = await http.post(
+            whip_url(call),
+            content=offer,
+            headers={"Content-Type": "application/sdp", "Authorization": "Bearer nope"},
+        )
+        assert bad.status_code == 401, bad.text
+        assert "token refused" in bad.json()["message"]
+        missing = await http.post(
+            whip_url(call), content=offer, headers={"Content-Type": "application/sdp"}
+        )
+        assert missing.status_code == 401
+        wrong_type = await http.post(
+            whip_url(call),
+            content=offer,
+            headers={"Content-Type": "text/plain", "Authorization": f"Bearer {token('alice')}"},
+        )
+        assert wrong_type.status_code == 415
+        preflight = await http.options(whip_url(call))
+        assert preflight.status_code == 204
+        assert preflight.headers["access-control-allow-origin"] == "*"
+    publisher = Publisher(token("viewer"))
+    try:
+        resp = await publisher.publish(whip_url(call))
+        assert resp.status_code == 403, resp.text
+        assert "is not a member of livestream:show and may not publish" in resp.json()["message"]
+    finally:
+        await publisher.close()
+
+
+async def test_backstage_needs_join_backstage(server: App) -> None:
+    async with api(server) as client:
+        await client.upsert_users(w.UserRequest(id="carol"))
+        await client.create_call_type(
+            w.CreateCallTypeRequest(
+                name="stage",
+                grants={"performer": ["read-call", "join-call", "send-audio", "send-video"]},
+                settings=w.CallSettingsRequest(backstage=w.BackstageSettingsRequest(enabled=True)),
+            )
+        )
+        await client.get_or_create_call(
+            "stage",
+            "gig",
+            w.CallRequest(
+                created_by_id="carol", members=[w.MemberRequest(user_id="carol", role="performer")]
+            ),
+        )
+        url = f"http://127.0.0.1:{server.http_port}/whip/stage/gig"
+        refused = Publisher(token("carol"))
+        try:
+            resp = await refused.publish(url)
+            assert resp.status_code == 403
+            assert "in backstage" in resp.json()["message"]
+        finally:
+            await refused.close()
+        await client.go_live("stage", "gig")
+    accepted = Publisher(token("carol"))
+    try:
+        assert (await accepted.publish(url)).status_code == 201
+    finally:
+        await accepted.close()
