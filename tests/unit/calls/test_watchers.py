@@ -169,3 +169,15 @@ async def test_back_to_backstage_cuts_whep_viewers_without_join_backstage(
     assert whep_viewer.got == [(CUT_BACKSTAGE, f"{CID} went back to backstage")]
     assert whep_host.got == []
     assert ws_viewer.got == []  # it stays, and only loses its subscriptions (signaling.py)
+
+
+async def test_removal_disconnects_publishers_of_every_protocol(svc: CallService) -> None:
+    call, _ = await svc.load_call("livestream", "show")
+    reasons: list[str] = []
+    for source in ("rtmp", "whip"):
+        await svc.join(call, "host", role="host", source=source, disconnect=reasons.append)
+    await svc.update_members(
+        SERVER, "livestream", "show", w.UpdateCallMembersRequest(remove_members=["host"])
+    )
+    assert len(reasons) == 2
+    assert all("removed from the call" in r for r in reasons)
