@@ -28,6 +28,7 @@ from ingest.rtmp.messages import CommandMessage, MessageType, UserControl
 from tests.unit.rtmp.client import Client
 
 TRICKLE_INTERVAL = 2.0
+ATTACKER_NICE = 10
 HANDSHAKE = b"\x03" + bytes(HANDSHAKE_SIZE)  # C0 + C1 (simple handshake)
 
 
@@ -153,7 +154,7 @@ async def main(mode: str, port: int, connections: int, addresses: int, app: str,
 
 
 if __name__ == "__main__":
-    # An attacker runs on other machines: on this one it takes only CPU the server leaves idle.
-    os.nice(19)
+    # An attacker runs on other machines: on this one it yields the CPU to the server first.
+    os.nice(ATTACKER_NICE)
     mode, port, connections, addresses, app, key = sys.argv[1:7]
     asyncio.run(main(mode, int(port), int(connections), int(addresses), app, key))

@@ -446,6 +446,9 @@ async def test_a_publisher_gets_in_while_1000_hostile_connections_attack(
     assert app.rtmp is not None
     baseline = rss()
     async with attack(mode, app, address):
+        rtmp = app.rtmp
+        # in full swing: most of the hostile connections are open at once
+        await asyncio.wait_for(rtmp.wait_until(lambda: rtmp.connections >= HOSTILE * 0.8), 30)
         peak = rss()
         publisher, slowest_api = await legit_publisher_and_api(app, address, media)
         peak = max(peak, rss())
@@ -457,9 +460,8 @@ async def test_a_publisher_gets_in_while_1000_hostile_connections_attack(
     assert publisher < PUBLISHER_WITHIN
     assert slowest_api < API_WITHIN
     assert peak - baseline < MEMORY_BOUND
-    assert open_during >= HOSTILE // 2  # the attack really held connections
+    assert open_during >= HOSTILE // 2  # the attack went on while the publisher got in
     # the attacker is gone: the server notices every socket (nothing left in CLOSE_WAIT)
-    rtmp = app.rtmp
     await asyncio.wait_for(
         rtmp.wait_until(lambda: rtmp.connections == 0 and rtmp.pending_decisions == 0), TIMEOUT
     )
