@@ -267,6 +267,7 @@ class App:
             s.host,
             s.rtmp_port,
             max_connections=s.rtmp_max_connections,
+            max_connections_per_address=s.rtmp_max_connections_per_address,
             idle_timeout=s.rtmp_idle_timeout,
         )
         try:
@@ -284,6 +285,7 @@ class App:
                 s.host,
                 s.rtmps_port,
                 max_connections=s.rtmp_max_connections,
+                max_connections_per_address=s.rtmp_max_connections_per_address,
                 idle_timeout=s.rtmp_idle_timeout,
                 ssl=self.tls,
             )

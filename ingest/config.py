@@ -27,6 +27,7 @@ DEFAULT_HTTP_PORT = 8080
 DEFAULT_RTMP_PORT = 1935
 DEFAULT_RTMP_IDLE_TIMEOUT = 10.0
 DEFAULT_RTMP_MAX_CONNECTIONS = 1000
+DEFAULT_RTMP_MAX_CONNECTIONS_PER_ADDRESS = 32  # per IPv4 address or IPv6 /64 (NAT, proxies: raise)
 DEFAULT_TOKEN_LEEWAY = 5  # seconds of clock skew tolerated on exp / iat
 DEFAULT_WEBHOOK_TIMEOUT = 5.0
 DEFAULT_WEBHOOK_MAX_ATTEMPTS = 3
@@ -70,6 +71,7 @@ class Settings(BaseSettings):
     webhook_queue: int = Field(DEFAULT_WEBHOOK_QUEUE, ge=1)
     rtmp_idle_timeout: float = Field(DEFAULT_RTMP_IDLE_TIMEOUT, gt=0, le=600)
     rtmp_max_connections: int = Field(DEFAULT_RTMP_MAX_CONNECTIONS, ge=1)
+    rtmp_max_connections_per_address: int = Field(DEFAULT_RTMP_MAX_CONNECTIONS_PER_ADDRESS, ge=1)
     http_request_timeout: float = Field(
         DEFAULT_HTTP_REQUEST_TIMEOUT,
         gt=0,

@@ -23,8 +23,9 @@ import pytest
 from ingest.app import App
 from ingest.calls import events as ev
 from ingest.calls.tokens import create_server_token, create_token
+from ingest.config import DEFAULT_RTMP_MAX_CONNECTIONS_PER_ADDRESS
 from ingest.rtmp.messages import MessageType
-from ingest.rtmp.server import PublishRequest, RTMPServer
+from ingest.rtmp.server import MAX_CONNECTIONS_PER_ADDRESS, PublishRequest, RTMPServer
 from tests.conftest import API_KEY, API_SECRET
 from tests.e2e.media import MEDIA_DIR, make_flv, push
 from tests.unit.rtmp.client import Client
@@ -308,6 +309,21 @@ async def test_a_peer_that_does_not_read_is_closed_past_the_write_buffer_limit(
         assert "bytes of replies wait for it to read (limit 16384)" in caplog.text
         print(f"closed after {time.monotonic() - start:.1f} s")
         peer.close()
+
+
+async def test_the_per_address_limit_is_a_setting(
+    app_factory: Callable[..., Awaitable[App]],
+) -> None:
+    assert DEFAULT_RTMP_MAX_CONNECTIONS_PER_ADDRESS == MAX_CONNECTIONS_PER_ADDRESS
+    app = await app_factory(rtmp_max_connections_per_address=1)
+    assert app.rtmp is not None
+    first = await Peer.open(app.rtmp_port)
+    assert await first.until(lambda: bool(first.client.s0s1s2))
+    second = await Peer.open(app.rtmp_port)
+    second.send()
+    assert await second.closed_by_server()
+    first.close()
+    second.close()
 
 
 # -- the whole server under 1000 hostile connections ------------------------------------------
