@@ -272,3 +272,31 @@ async def test_odd_claims_of_a_signed_token_are_a_401_everywhere(
         with contextlib.suppress(ConnectionClosed):
             await asyncio.wait_for(ws.recv(), MARGIN)
     assert ws.close_code == 4401
+
+
+async def test_a_body_nobody_reads_is_not_kept_and_its_connection_ends(
+    app_factory: Callable[..., Any],
+) -> None:
+    """A POST to an endpoint that takes no body (here a 404), whose body never ends: the server
+    answers, keeps none of it, and hangs up at the request deadline."""
+    app = await start(app_factory)
+    chunk = b"a" * (1024 * 1024)
+    frame = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+    before = rss_bytes()
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.http_port)
+    began = time.monotonic()
+    try:
+        writer.write(
+            b"POST /nothing-here HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        answer = asyncio.ensure_future(closed_after(reader))
+        with contextlib.suppress(ConnectionError):
+            while not answer.done() and time.monotonic() - began < REQUEST_TIMEOUT + MARGIN:
+                writer.write(frame)
+                await asyncio.wait_for(writer.drain(), MARGIN)
+        data = await asyncio.wait_for(answer, MARGIN)
+    finally:
+        writer.close()
+    assert time.monotonic() - began < REQUEST_TIMEOUT + MARGIN
+    assert data.startswith(b"HTTP/1.1 404 "), data[:80]
+    assert rss_bytes() - before < 64 * 1024 * 1024
