@@ -177,6 +177,8 @@ class Program:
                 elif event.kind is Kind.VIDEO and self.manager.composite:
                     self._start_composite()
                 elif event.participant_id == self.source and event.kind is Kind.AUDIO:
+                    if self._audio is not None and self._audio.track is event.track:
+                        continue  # read since _attach (the watch announces existing tracks too)
                     if self._audio is not None:
                         self._audio.close()
                     self._audio = event.track.subscribe(
@@ -231,8 +233,13 @@ class Program:
             self.fail(f"internal error in the remux ({type(e).__name__}); see the server log")
         finally:
             video.close()
-            if self._audio is not None:
-                self._audio.close()
+            audio = self._audio
+            if audio is not None:
+                if self.failed is None:  # what came before the end still belongs in
+                    with contextlib.suppress(TrackEndedError, MediaError):
+                        while (a := audio.get_nowait()) is not None:
+                            seg.push_audio(a)
+                audio.close()
                 self._audio = None
             self.source = None
             if self.failed is None:

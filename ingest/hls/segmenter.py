@@ -11,7 +11,8 @@ Cutting rules (times are the units' millisecond dts):
 * a **part** ends when the next video unit arrives and one more frame interval would take the
   part past :data:`PART_TARGET_MS`, or at the end of a segment. A part is known complete only
   when the next frame arrives, since a sample's duration is the distance to the next one;
-* audio frames go into the part being cut if their dts is before the cut, else into the next.
+* audio frames go into the part being cut if their dts is before the cut, else into the next;
+  audio that comes before the first keyframe waits for it (what is older than it is dropped).
 
 Timeline: the first keyframe maps to 0. :meth:`Segmenter.restart` (a new source) continues the
 timeline where the last part ended, so players never see time jump back; a new codec config
@@ -122,6 +123,7 @@ class Segmenter:
         self._video_units: list[MediaUnit] = []
         self._audio_units: deque[MediaUnit] = deque()
         self._audio_next: int | None = None  # next audio decode time, in samples
+        self._last_audio_dts = -(1 << 62)
         self.parts_cut = 0
 
     # -- configuration -------------------------------------------------------------------------
@@ -150,6 +152,8 @@ class Segmenter:
             if not unit.keyframe:
                 return  # wait for a keyframe
             self._offset = self._clock - unit.dts
+            while self._audio_units and self._audio_units[0].dts < unit.dts:
+                self._audio_units.popleft()
             self._start_segment()
         units = self._video_units
         if units:
@@ -166,10 +170,12 @@ class Segmenter:
     def push_audio(self, unit: MediaUnit) -> None:
         if self._audio is None:
             raise MediaError("audio unit before the audio config")
-        if self._offset is None:
-            return  # before the first keyframe
-        if unit.dts + self._offset < self._part_start:
+        if unit.dts <= self._last_audio_dts:
+            return  # a unit given twice
+        if self._offset is not None and unit.dts + self._offset < self._part_start:
             return  # older than what is already cut
+        # (before the first keyframe it waits: the keyframe keeps what is not older than it)
+        self._last_audio_dts = unit.dts
         self._audio_units.append(unit)
         if len(self._audio_units) > MAX_PENDING_AUDIO:
             self._audio_units.popleft()
@@ -185,6 +191,7 @@ class Segmenter:
             self._cut(last.dts + self._offset + step, end_segment=True)
         self._video_units = []
         self._audio_units.clear()
+        self._last_audio_dts = -(1 << 62)
         self._offset = None
         self._audio_next = None
 

@@ -80,6 +80,17 @@ async def test_recording_matches_the_pushed_duration_and_downloads(
             "-show_entries", "stream=nb_read_packets", str(path),
         )  # fmt: skip
         assert int(packets["streams"][0]["nb_read_packets"]) == round(PUSHED_S * 30)
+        audio = await ffprobe(
+            "-select_streams", "a", "-count_packets",
+            "-show_entries", "stream=nb_read_packets", str(path),
+        )  # fmt: skip
+        pushed = await ffprobe(
+            "-select_streams", "a", "-count_packets",
+            "-show_entries", "stream=nb_read_packets", str(src),
+        )  # fmt: skip
+        n_rec = int(audio["streams"][0]["nb_read_packets"])
+        n_src = int(pushed["streams"][0]["nb_read_packets"])
+        assert n_src - 3 <= n_rec <= n_src, (n_rec, n_src)  # each once; a tail after the video
 
         # Deleting: the file is gone, the listing empty.
         session, filename = listed[0].session_id, listed[0].filename

@@ -195,12 +195,34 @@ def test_audio_waiting_for_video_is_bounded() -> None:
     seg = Segmenter(sink)
     seg.configure(vconfig, aconfig)
     seg.push_video(video[0])
+    t0 = video[0].dts
     for i in range(MAX_PENDING_AUDIO + 50):  # video stalls, audio keeps coming
         a = audio[i % len(audio)]
-        seg.push_audio(MediaUnit(a.kind, a.codec, video[0].dts, video[0].dts, a.data))
-    seg.flush()
-    (part,) = sink.parts
+        seg.push_audio(MediaUnit(a.kind, a.codec, t0 + i, t0 + i, a.data))
+    late = video[1]
+    seg.push_video(MediaUnit(late.kind, late.codec, t0 + 400, t0 + 400, late.data, False))
+    (part,) = sink.parts  # cut by the late frame: 400 ms is over the part target
     moof = dict(boxes(part.data))[b"moof"]
     truns = [i for i in range(len(moof)) if moof.startswith(b"trun", i)]
     counts = [struct.unpack(">I", moof[i + 8 : i + 12])[0] for i in truns]
     assert counts == [1, MAX_PENDING_AUDIO]  # one frame, the newest audio
+
+
+def test_audio_before_the_first_keyframe_waits_for_it_and_duplicates_drop() -> None:
+    vconfig, video = h264_clip(40, width=320, height=240, gop=30)
+    aconfig, audio = aac_clip(1.0)
+    sink = Collect()
+    seg = Segmenter(sink)
+    seg.configure(vconfig, aconfig)
+    t0 = video[0].dts
+    early = [MediaUnit(a.kind, a.codec, t0 - 30 + 20 * i, t0 - 30 + 20 * i, a.data) for i, a in
+             enumerate(audio[:4])]  # fmt: skip
+    for a in early:  # -30, -10 (older than the keyframe: dropped), +10, +30 (kept)
+        seg.push_audio(a)
+    seg.push_audio(early[-1])  # given twice
+    seg.push_video(video[0])
+    seg.flush()
+    moof = dict(boxes(sink.parts[0].data))[b"moof"]
+    truns = [i for i in range(len(moof)) if moof.startswith(b"trun", i)]
+    counts = [struct.unpack(">I", moof[i + 8 : i + 12])[0] for i in truns]
+    assert counts == [1, 2]  # the frame; +10 and +30, once each
