@@ -94,17 +94,24 @@ class FrameAssembler:
             return [], False  # late or repeated
         self._pending[ext] = packet
         frames = self._complete()
-        if frames:
-            self._stuck_since = None
         dropped = False
-        if self._pending:
-            if self._stuck_since is None:
-                self._stuck_since = now
-            elif now - self._stuck_since > self.max_wait or len(self._pending) > self.max_pending:
-                dropped = self._resync()
-                frames += self._complete()
-                self._stuck_since = now if self._pending else None
+        if not self._has_hole():
+            self._stuck_since = None
+            return frames, False
+        if self._stuck_since is None:
+            self._stuck_since = now
+        if now - self._stuck_since > self.max_wait or len(self._pending) > self.max_pending:
+            dropped = self._resync()
+            frames += self._complete()
+            self._stuck_since = now if self._has_hole() else None
         return frames, dropped
+
+    def _has_hole(self) -> bool:
+        """Whether a packet is missing before the newest one (a frame in progress is not)."""
+        pending = self._pending
+        if not pending or self._expect is None or self._highest is None:
+            return bool(pending)
+        return len(pending) != self._highest - self._expect + 1
 
     def _complete(self) -> list[list[RtpIn]]:
         frames: list[list[RtpIn]] = []

@@ -312,9 +312,8 @@ async def test_late_viewer_gets_a_keyframe_on_request(call: Call) -> None:
         await publisher.until(lambda: time.perf_counter() - first_key > 2.0, within=TIMEOUT)
         keys_before = len(publisher.keyframes_sent)
         await viewer.connect(call.whep())
-        connected_at = time.perf_counter()
         shown = await asyncio.wait_for(viewer.first_frame, TIMEOUT)
-        assert shown - connected_at < LATE_FIRST_FRAME_S
+        assert shown - viewer.posted_at < LATE_FIRST_FRAME_S  # from its offer's POST
         assert len(publisher.keyframes_sent) > keys_before, "the join asked for no keyframe"
         assert call.app.whip is not None
         (whip,) = call.app.whip.sessions.values()
@@ -440,3 +439,76 @@ async def test_backstage_needs_join_backstage(server: App) -> None:
         assert (await accepted.publish(url)).status_code == 201
     finally:
         await accepted.close()
+
+
+async def test_limits_offer_size_and_publishers(call: Call) -> None:
+    from ingest.whip import MAX_WHIP_OFFER_BYTES, MAX_WHIP_PUBLISHERS
+
+    assert MAX_WHIP_PUBLISHERS >= 1
+    async with httpx.AsyncClient() as http:
+        huge = await http.post(
+            whip_url(call),
+            content=b"v=0\r\n" + b"a=x\r\n" * (MAX_WHIP_OFFER_BYTES // 5),
+            headers={
+                "Content-Type": "application/sdp",
+                "Authorization": f"Bearer {token('alice')}",
+            },
+        )
+    assert huge.status_code == 413, huge.text
+    assert call.app.whip is not None
+    call.app.whip.max_publishers = 1
+    first, second = Publisher(token("alice")), Publisher(token("alice"))
+    try:
+        assert (await first.publish(whip_url(call))).status_code == 201
+        full = await second.publish(whip_url(call))
+        assert full.status_code == 429, full.text
+        assert "1 WHIP publishers" in full.json()["message"]
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_viewer_that_cannot_decode_vp8_is_told_so(call: Call) -> None:
+    publisher = Publisher(token("alice"))
+    await call.go_live()
+    try:
+        assert (await publisher.publish(whip_url(call))).status_code == 201
+        await publisher.until(lambda: len(publisher.sent["video"]) > 10)
+        h264 = [
+            c for c in get_capabilities("video").codecs if c.mimeType in ("video/H264", "video/rtx")
+        ]
+
+        async def offer(kinds: tuple[str, ...]) -> httpx.Response:
+            pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            try:
+                for kind in kinds:
+                    t = pc.addTransceiver(kind, direction="recvonly")
+                    if kind == "video":
+                        t.setCodecPreferences(h264)
+                await pc.setLocalDescription(await pc.createOffer())
+                async with httpx.AsyncClient() as http:
+                    return await http.post(
+                        call.whep(),
+                        content=pc.localDescription.sdp,
+                        headers={
+                            "Content-Type": "application/sdp",
+                            "Authorization": f"Bearer {token('viewer')}",
+                        },
+                    )
+            finally:
+                await pc.close()
+
+        video_only = await offer(("video",))
+        assert video_only.status_code == 400, video_only.text
+        assert "cannot decode" in video_only.json()["message"]
+        assert "video is vp8" in video_only.json()["message"]
+        both = await offer(("video", "audio"))
+        assert both.status_code == 201, both.text
+        sections = both.text.split("m=")[1:]
+        video = next(s for s in sections if s.startswith("video"))
+        audio = next(s for s in sections if s.startswith("audio"))
+        assert "a=sendonly" not in video  # nothing is sent in the video section
+        assert "a=sendonly" in audio
+        assert "opus" in audio
+    finally:
+        await publisher.close()
