@@ -574,6 +574,7 @@ class RTMPServer:
         max_decisions: int = MAX_DECISIONS,
         eviction_age: float = EVICTION_AGE,
         max_write_buffer: int = MAX_WRITE_BUFFER,
+        preauth_slice: float = PREAUTH_SLICE,
         ssl: ssl_module.SSLContext | None = None,
     ) -> None:
         self.handler = handler
@@ -591,6 +592,7 @@ class RTMPServer:
         self.max_decisions = max_decisions
         self.eviction_age = eviction_age
         self.max_write_buffer = max_write_buffer
+        self.preauth_slice = preauth_slice
         self._server: asyncio.Server | None = None
         self._peers: set[_Peer] = set()
         self._unadmitted: dict[_Peer, None] = {}  # oldest first
@@ -684,7 +686,7 @@ class RTMPServer:
 
     def _slice_left(self) -> bool:
         self._schedule_turn()  # the slice is renewed on the next turn of the loop
-        return self._slice_used < PREAUTH_SLICE
+        return self._slice_used < self.preauth_slice
 
     def _slice_spent(self, seconds: float) -> None:
         self._slice_used += seconds
@@ -693,11 +695,13 @@ class RTMPServer:
         self._turn_scheduled = False
         self._slice_used = 0.0
         waiting = self._waiting
-        while waiting and self._slice_left():
+        while waiting:  # at least one per turn, however short the slice
             peer = waiting.popleft()
             start = time.perf_counter()
             peer._serve_held()
             self._slice_spent(time.perf_counter() - start)
+            if not self._slice_left():
+                break
         if waiting:
             self._schedule_turn()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import resource
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,8 +25,14 @@ from ingest.app import App
 from ingest.calls import events as ev
 from ingest.calls.tokens import create_server_token, create_token
 from ingest.config import DEFAULT_RTMP_MAX_CONNECTIONS_PER_ADDRESS
-from ingest.rtmp.messages import MessageType
-from ingest.rtmp.server import MAX_CONNECTIONS_PER_ADDRESS, PublishRequest, RTMPServer
+from ingest.rtmp.messages import DataMessage, MessageType
+from ingest.rtmp.server import (
+    LIGHT_BYTES,
+    MAX_CONNECTIONS_PER_ADDRESS,
+    SEND_BUFFER,
+    PublishRequest,
+    RTMPServer,
+)
 from tests.conftest import API_KEY, API_SECRET
 from tests.e2e.media import MEDIA_DIR, make_flv, push
 from tests.unit.rtmp.client import Client
@@ -308,6 +315,38 @@ async def test_a_peer_that_does_not_read_is_closed_past_the_write_buffer_limit(
         assert srv.connections == 0
         assert "bytes of replies wait for it to read (limit 16384)" in caplog.text
         print(f"closed after {time.monotonic() - start:.1f} s")
+        peer.close()
+
+
+async def test_a_heavy_talker_is_served_in_its_turn_and_may_still_publish() -> None:
+    handler = Gatekeeper()
+    handler.release.set()
+    async with rtmp_server(handler, preauth_slice=0.0) as srv:  # a slice always used up
+        peer = await Peer.open(srv.port)
+        assert await peer.until(lambda: bool(peer.client.s0s1s2))
+        peer.client.connect()
+        chunk = bytes(DataMessage(["onTextData", "x" * 10_000]))
+        for _ in range(LIGHT_BYTES // len(chunk) + 2):  # past LIGHT_BYTES: it waits for slices
+            peer.client.send(4, MessageType.DATA_AMF0, 0, 0, chunk)
+        peer.client.command("createStream")
+        peer.client.publish(1, "key")
+        assert await peer.until(lambda: peer.status() is not None)
+        status = peer.status()
+        assert status is not None
+        assert status["code"] == "NetStream.Publish.Start"
+        peer.close()
+
+
+async def test_the_kernel_send_buffer_of_a_peer_is_small() -> None:
+    handler = Gatekeeper()
+    async with rtmp_server(handler) as srv:
+        peer = await Peer.open(srv.port)
+        assert await peer.until(lambda: bool(peer.client.s0s1s2))
+        (served,) = srv._peers  # the server's side of this connection
+        assert served._transport is not None
+        sock = served._transport.get_extra_info("socket")
+        # Linux doubles the value asked for (bookkeeping overhead)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) <= 2 * SEND_BUFFER
         peer.close()
 
 
