@@ -205,20 +205,15 @@ async def _server(data_dir: Path) -> AsyncIterator[Any]:
 
 
 async def _create_call(base: str) -> str:
-    """The host user and the call; returns the RTMP address."""
-    from ingest.calls.tokens import create_server_token
+    """The host user and the call (through :mod:`ingest.client`); returns the RTMP address."""
+    from ingest.calls.wire import CallRequest, MemberRequest, UserRequest
+    from ingest.client import AsyncClient
 
-    headers = {"Authorization": create_server_token(BENCH_SECRET)}
-    params = {"api_key": BENCH_KEY}
-    async with httpx.AsyncClient(base_url=base, headers=headers, params=params) as http:
-        r = await http.post("/api/v2/users", json={"users": {HOST: {"id": HOST}}})
-        r.raise_for_status()
-        r = await http.post(
-            f"/api/v2/video/call/{CALL_TYPE}/{CALL_ID}",
-            json={"data": {"created_by_id": HOST, "members": [{"user_id": HOST}]}},
-        )
-        r.raise_for_status()
-        return str(r.json()["call"]["ingress"]["rtmp"]["address"])
+    async with AsyncClient(base, BENCH_KEY, secret=BENCH_SECRET) as api:
+        await api.upsert_users(UserRequest(id=HOST))
+        request = CallRequest(created_by_id=HOST, members=[MemberRequest(user_id=HOST)])
+        call = (await api.get_or_create_call(CALL_TYPE, CALL_ID, request)).call
+        return call.ingress.rtmp.address
 
 
 async def _bench(seconds: float, log: Callable[[str], None]) -> list[dict[str, Any]]:

@@ -119,6 +119,7 @@ class Sample:
     fps: list[float]  # video frames per second, per viewer
     lost: int  # RTP sequence numbers never received, all viewers
     load: float  # 1-minute load average at the end of the window
+    failed: str = ""  # why the system could not be measured (it did not start in time)
 
     @property
     def cpu_per_stream(self) -> float:
@@ -129,8 +130,8 @@ class Sample:
         return min(self.fps) if self.fps else 0.0
 
     def ok(self, min_fps: float = MIN_FPS) -> bool:
-        """Nothing lost, every viewer at full frame rate."""
-        return self.lost == 0 and self.min_fps >= min_fps and len(self.fps) > 0
+        """Measured, nothing lost, every viewer at full frame rate."""
+        return not self.failed and self.lost == 0 and self.min_fps >= min_fps and bool(self.fps)
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -322,17 +323,30 @@ class _Probes:
             await probe.ask("closed", cmd="close")
         self._next = 0
 
+    async def start(self) -> None:
+        for _ in range(PROBE_PROCESSES):
+            self.processes.append(await _ProbeProcess.start())
+
+    async def stop(self) -> None:
+        processes, self.processes = self.processes, []
+        for p in processes:
+            await p.stop()
+
+    async def restart(self) -> None:
+        """Fresh viewer processes (after a failed step: no stale answers in the pipes)."""
+        await self.stop()
+        await self.start()
+        self._next = 0
+
 
 @contextlib.asynccontextmanager
 async def _probes() -> AsyncIterator[_Probes]:
-    processes: list[_ProbeProcess] = []
+    probes = _Probes([])
     try:
-        for _ in range(PROBE_PROCESSES):
-            processes.append(await _ProbeProcess.start())
-        yield _Probes(processes)
+        await probes.start()
+        yield probes
     finally:
-        for p in processes:
-            await p.stop()
+        await probes.stop()
 
 
 async def _measure(
@@ -372,24 +386,20 @@ class _Stream:
 
 
 async def setup_streams(base: str, count: int) -> list[_Stream]:
-    """The users and calls of ``count`` streams on a server at ``base`` (one host each)."""
-    from ingest.calls.tokens import create_server_token, create_token
+    """The users and calls of ``count`` streams on a server at ``base`` (one host each), through
+    :mod:`ingest.client`."""
+    from ingest.calls.wire import CallRequest, MemberRequest, UserRequest
+    from ingest.client import AsyncClient, create_token
 
-    headers = {"Authorization": create_server_token(BENCH_SECRET)}
-    params = {"api_key": BENCH_KEY}
     out: list[_Stream] = []
-    async with httpx.AsyncClient(base_url=base, headers=headers, params=params) as http:
-        users = {f"host{i}": {"id": f"host{i}"} for i in range(count)}
-        (await http.post("/api/v2/users", json={"users": users})).raise_for_status()
+    async with AsyncClient(base, BENCH_KEY, secret=BENCH_SECRET) as api:
+        await api.upsert_users(*(UserRequest(id=f"host{i}") for i in range(count)))
         for i in range(count):
             host, call_id = f"host{i}", f"bench{i}"
-            r = await http.post(
-                f"/api/v2/video/call/{CALL_TYPE}/{call_id}",
-                json={"data": {"created_by_id": host, "members": [{"user_id": host}]}},
-            )
-            r.raise_for_status()
+            request = CallRequest(created_by_id=host, members=[MemberRequest(user_id=host)])
+            call = (await api.get_or_create_call(CALL_TYPE, call_id, request)).call
             token = create_token(BENCH_SECRET, host, ttl=3600)
-            address = r.json()["call"]["ingress"]["rtmp"]["address"]
+            address = call.ingress.rtmp.address
             out.append(
                 _Stream(f"{address}/{token}", f"{base}/whep/{CALL_TYPE}/{call_id}/{host}", token)
             )
@@ -443,6 +453,14 @@ class Ours:
         if self.proc is not None:
             await _stop(self.proc)
 
+    def log_tail(self, lines: int = 3) -> str:
+        """The server's last warnings and errors."""
+        if self.log_path is None or not self.log_path.exists():
+            return "none"
+        text = self.log_path.read_text(errors="replace").splitlines()
+        bad = [line for line in text if " WARNING " in line or " ERROR " in line]
+        return " | ".join(bad[-lines:]) or "no warnings"
+
     async def run(
         self, media: Path, streams: int, viewers: int, probes: _Probes, plan: Plan
     ) -> Sample:
@@ -454,7 +472,12 @@ class Ours:
             for s in self.streams[:streams]:
                 for _ in range(viewers):
                     await probes.whep(s.whep, s.token)
-            await probes.all_added()
+            try:
+                await probes.all_added()
+            except (RuntimeError, TimeoutError) as e:
+                exited = [p.returncode for p in pushers if p.returncode is not None]
+                why = f"{len(exited)} pusher(s) exited ({exited}); " if exited else ""
+                raise RuntimeError(f"{e} ({why}server log: {self.log_tail()})") from None
             return await _measure(self.name, streams, viewers, [self.proc.pid], probes, plan)
         finally:
             await probes.close()
@@ -757,9 +780,23 @@ async def _run(
         try:
             async with _probes() as probes:
 
+                async def one(
+                    system: Ours | Baseline, streams: int, viewers: int, tee: bool
+                ) -> Sample:
+                    try:
+                        if isinstance(system, Baseline):
+                            return await system.run(media, streams, viewers, probes, plan, tee=tee)
+                        return await system.run(media, streams, viewers, probes, plan)
+                    except (RuntimeError, TimeoutError) as e:
+                        log(f"  {system.name}: {streams} x {viewers} not measured: {e}")
+                        await probes.restart()
+                        nan = float("nan")
+                        load = os.getloadavg()[0]
+                        return Sample(system.name, streams, viewers, nan, nan, [], 0, load, str(e))
+
                 async def both(streams: int, viewers: int, tee: bool) -> tuple[Sample, Sample]:
-                    a = await ours.run(media, streams, viewers, probes, plan)
-                    b = await base.run(media, streams, viewers, probes, plan, tee=tee)
+                    a = await one(ours, streams, viewers, tee)
+                    b = await one(base, streams, viewers, tee)
                     for s in (a, b):
                         report.loads.append(s.load)
                         log(
@@ -911,7 +948,9 @@ def _pair_line(label: str, a: Sample | None, b: Sample | None, *, per_stream: bo
     ratio = _fmt(a.cpu / b.cpu, 2) if a is not None and b is not None and b.cpu > 0 else "-"
 
     def health(s: Sample | None) -> str:
-        return "-" if s is None else f"{s.min_fps:.1f} / {s.lost}"
+        if s is None:
+            return "-"
+        return "not measured" if s.failed else f"{s.min_fps:.1f} / {s.lost}"
 
     return "| " + " | ".join([label, *cells(a), *cells(b), ratio, health(a), health(b)]) + " |"
 
