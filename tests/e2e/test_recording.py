@@ -17,7 +17,7 @@ import pytest
 from ingest.app import App
 from ingest.calls.tokens import create_token
 from tests.conftest import API_SECRET
-from tests.e2e.egress_helpers import CID, Api, ffprobe, open_api, wait_event
+from tests.e2e.egress_helpers import CALL, CID, Api, ffprobe, open_api, wait_event
 from tests.e2e.media import MEDIA_DIR, finish, make_flv, push
 
 pytestmark = pytest.mark.e2e
@@ -92,10 +92,14 @@ async def test_recording_matches_the_pushed_duration_and_downloads(
         n_src = int(pushed["streams"][0]["nb_read_packets"])
         assert n_src - 3 <= n_rec <= n_src, (n_rec, n_src)  # each once; a tail after the video
 
-        # Deleting: the file is gone, the listing empty.
+        # The API lists it and deletes it.
+        via_api = (await api.get("/recordings"))["recordings"]
+        assert [(r["filename"], r["url"]) for r in via_api] == [(rec["filename"], rec["url"])]
         session, filename = listed[0].session_id, listed[0].filename
-        assert await server.egress.delete_recording(CID, session, filename)
+        r = await api.http.delete(f"/api/v2/video/call/{CALL}/recordings/{session}/{filename}")
+        assert r.status_code == 200, r.text
         assert await server.egress.recordings(CID) == []
+        assert (await api.get("/recordings"))["recordings"] == []
 
 
 async def test_unwritable_recordings_dir_fails_the_recording_not_the_stream(
