@@ -87,8 +87,8 @@ from ingest.errors import (
     PermissionDeniedError,
 )
 from ingest.media.hub import Hub, Track, Watch, WatchClosedError
-from ingest.media.units import Kind
-from ingest.webrtc.bridge import TrackBridge, VideoBridge
+from ingest.media.units import Kind, VideoConfig
+from ingest.webrtc.bridge import ForwardBridge, TrackBridge, VideoBridge
 from ingest.webrtc.negotiation import opus_preferences, without_mdns_candidates
 from ingest.webrtc.sfu import MAX_OFFER_BYTES, SFU, add_viewer_track
 from ingest.webrtc.tracks import HubPacketTrack
@@ -375,6 +375,16 @@ def h264_offer_preferences() -> list[RTCRtpCodecCapability]:
     return h264[:1] + rtx
 
 
+def forwarded_offer_preferences(codec: str, kind: Kind) -> list[RTCRtpCodecCapability]:
+    """Codec preferences of our offer for a forwarded (WHIP) track: the publisher's codec as
+    it sends it (VP8, Opus), and RTX for video."""
+    codecs = get_capabilities(kind.value).codecs
+    mime = f"{kind.value}/{codec}"
+    same = [c for c in codecs if c.mimeType.lower() == mime]
+    rtx = [c for c in codecs if c.mimeType.lower() == "video/rtx"] if kind is Kind.VIDEO else []
+    return same[:1] + rtx
+
+
 def _parse_sdp(sdp: str, what: str) -> SessionDescription:
     try:
         return SessionDescription.parse(sdp)
@@ -413,6 +423,8 @@ def answer_for_aiortc(
         if media.kind != "video" or mid not in offered or media.port == 0:
             continue
         ours = {c.payloadType: c for c in offered[mid] if c.mimeType.lower() == "video/h264"}
+        if not ours:
+            continue  # forwarded VP8: aiortc matches the answer as it is
         h264 = [
             c
             for c in media.rtp.codecs
@@ -852,9 +864,13 @@ class SignalingClient:
                 sub.bridges.append(bridge)
                 track, transceiver = add_viewer_track(pc, bridge)
                 sub.tracks.append(track)
-                transceiver.setCodecPreferences(
-                    opus_preferences() if kind is Kind.AUDIO else h264_offer_preferences()
-                )
+                if isinstance(bridge, ForwardBridge) and bridge.codec != "h264":
+                    preferences = forwarded_offer_preferences(bridge.codec, kind)  # as sent
+                elif kind is Kind.AUDIO:
+                    preferences = opus_preferences()
+                else:
+                    preferences = h264_offer_preferences()
+                transceiver.setCodecPreferences(preferences)
                 transceivers[kind] = transceiver
             await pc.setLocalDescription(await pc.createOffer())
             profiles: dict[str, str] = {}
@@ -862,8 +878,13 @@ class SignalingClient:
                 mid = transceiver.mid or ""
                 sub.offered_codecs[mid] = list(transceiver._codecs)
                 if kind is Kind.VIDEO:
-                    bridge = next(b for b in sub.bridges if isinstance(b, VideoBridge))
-                    profiles[mid] = bridge.profile_level_id
+                    video = next(b for b in sub.bridges if b.kind is Kind.VIDEO)
+                    if isinstance(video, VideoBridge):
+                        profiles[mid] = video.profile_level_id
+                    elif isinstance(video, ForwardBridge) and video.codec == "h264":
+                        config = video.output.config
+                        assert isinstance(config, VideoConfig)
+                        profiles[mid] = config.profile_level_id  # forwarded H.264
             sdp = sfu.ice.advertise(offer_with_profiles(pc.localDescription.sdp, profiles))
         except BaseException:
             await self._teardown(sub)

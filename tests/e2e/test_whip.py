@@ -512,3 +512,63 @@ async def test_a_viewer_that_cannot_decode_vp8_is_told_so(call: Call) -> None:
         assert "opus" in audio
     finally:
         await publisher.close()
+
+
+async def test_rtmp_and_whip_hosts_in_one_call_over_the_call_websocket(
+    server: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One call-WebSocket client subscribes to an ffmpeg RTMP host and an aiortc WHIP host and
+    decodes both; joined / left events as each starts and stops."""
+    from ingest.calls import events as ev
+    from ingest.calls.service import SERVER
+    from tests.e2e.media import MEDIA_DIR, make_flv
+    from tests.e2e.test_signaling import (
+        CALL_ID,
+        CALL_TYPE,
+        client,
+        hosts_pushing,
+        participant_event,
+        typed,
+        ws_url,
+    )
+    from tests.unit.webrtc.synth import chrome_like_h264
+
+    chrome_like_h264(monkeypatch)  # the client's aiortc accepts H.264 High, like Chrome
+    users = {u: w.UserRequest(id=u) for u in ("alice", "bob", "carol")}
+    await server.calls.upsert_users(SERVER, w.UpdateUsersRequest(users=users))
+    hosts = [w.MemberRequest(user_id=u, role="host") for u in users]
+    await server.calls.get_or_create_call(
+        SERVER,
+        CALL_TYPE,
+        CALL_ID,
+        w.GetOrCreateCallRequest(data=w.CallRequest(created_by_id="alice", members=hosts)),
+    )
+    MEDIA_DIR.mkdir(exist_ok=True)
+    clip = make_flv(MEDIA_DIR / "signaling-320x240.flv", seconds=2.0, size="320x240")
+    publisher = Publisher(token("alice"))
+    url = f"http://127.0.0.1:{server.http_port}/whip/{CALL_TYPE}/{CALL_ID}"
+    try:
+        async with client(ws_url(server, user="carol")) as c:
+            await c.expect(typed("joined"), "joined")
+            async with hosts_pushing(server, clip, "bob"):
+                assert (await publisher.publish(url)).status_code == 201
+                sessions: dict[str, str] = {}
+                for user in ("alice", "bob"):
+                    event = await c.expect(participant_event(ev.PARTICIPANT_JOINED, user), user)
+                    sessions[user] = event["participant"]["user_session_id"]
+                    await c.send(type="subscribe", user_session_id=sessions[user])
+                for user in ("alice", "bob"):
+                    offer = await c.expect(typed("offer", user_session_id=sessions[user]))
+                    assert offer["tracks"] == ["audio", "video"]
+                    assert ("VP8" if user == "alice" else "H264") in offer["sdp"]
+                await c.until_frames(sessions["alice"], 15)
+                await c.until_frames(sessions["bob"], 15)
+                async with httpx.AsyncClient() as http:
+                    await http.delete(f"http://127.0.0.1:{server.http_port}{publisher.location}")
+                left = await c.expect(participant_event(ev.PARTICIPANT_LEFT, "alice"), "left")
+                assert left["participant"]["user_session_id"] == sessions["alice"]
+                seen = c.frames[sessions["bob"]]
+                await c.until_frames(sessions["bob"], seen + 10)  # bob keeps flowing
+            await c.expect(participant_event(ev.PARTICIPANT_LEFT, "bob"), "bob left")
+    finally:
+        await publisher.close()
