@@ -186,7 +186,7 @@ class _LiveCollector(Collector):
             ),
         }
         ingress = self.app.ingress
-        for pub in ingress.publishers() if ingress is not None else []:
+        for pub in list(ingress.publishing.active.values()) if ingress is not None else []:
             snap = pub.health_snapshot()
             key = [pub.participant.call_cid, pub.participant.user_id]
             fams["bitrate"].add_metric(key, snap["bitrate_kbps"])
@@ -314,7 +314,7 @@ class App:
             )
             self.webhooks.start()
         self.signaling = Signaling(self.calls, self.hub, self.sfu)
-        self.whip = WhipIngress(self.calls, self.hub)
+        self.whip = WhipIngress(self.calls, self.hub, self.ingress.publishing)  # one layer
         self.whip.ice = self.sfu.ice  # the same STUN/TURN servers and public addresses
         self.api = self._build_api()
         config = uvicorn.Config(

@@ -563,6 +563,13 @@ async def test_rtmp_and_whip_hosts_in_one_call_over_the_call_websocket(
                     assert ("VP8" if user == "alice" else "H264") in offer["sdp"]
                 await c.until_frames(sessions["alice"], 15)
                 await c.until_frames(sessions["bob"], 15)
+                # one publishing layer: one list of live publishers for both front ends
+                assert server.ingress is not None
+                live = server.ingress.publishing.active.values()
+                assert sorted((p.transport, p.participant.user_id) for p in live) == [
+                    ("rtmp", "bob"),
+                    ("whip", "alice"),
+                ]
                 async with httpx.AsyncClient() as http:
                     await http.delete(f"http://127.0.0.1:{server.http_port}{publisher.location}")
                 left = await c.expect(participant_event(ev.PARTICIPANT_LEFT, "alice"), "left")
