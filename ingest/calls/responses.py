@@ -104,7 +104,7 @@ async def call(svc: CallService, c: Call, ct: CallType) -> w.CallResponse:
         created_by=user(creator, c.created_by_id),
         custom=c.custom,
         backstage=c.backstage,
-        recording=c.recording,
+        recording=svc.egress.is_recording(c.cid) if svc.egress is not None else c.recording,
         current_session_id=c.current_session_id,
         starts_at=c.starts_at,
         ended_at=c.ended_at,

@@ -118,6 +118,12 @@ class HLSSettings(Wire):
     enabled: bool = True
     auto_on: bool = False
     quality_tracks: list[str] = Field(default_factory=lambda: ["original"])
+    require_token: bool = Field(
+        False,
+        description="Playlist and segments need ?token=<a token that may read the call>. Off by "
+        "default: HLS players, smart TVs and CDNs cannot add headers, and the call is public "
+        "once live anyway.",
+    )
 
 
 class BroadcastSettings(Wire):
@@ -148,6 +154,7 @@ class HLSSettingsRequest(Request):
     enabled: StrictBool | None = None
     auto_on: StrictBool | None = None
     quality_tracks: list[StrictStr] | None = None
+    require_token: StrictBool | None = None
 
 
 class BroadcastSettingsRequest(Request):

@@ -27,7 +27,7 @@ from ingest.store.db import Store
 
 KEY, SECRET = "k1", "x" * 64
 CID = "livestream:show"
-ISSUED = time.time() - 3600  # the watchers' tokens: an hour old
+ISSUED = time.time() - 3600  # the watchers' tokens: an hour old, valid for a day
 
 
 def iso(ts: float) -> str:
@@ -66,7 +66,7 @@ class Cuts:
 
 
 async def watch(svc: CallService, user: str, source: str = "websocket") -> Cuts:
-    caller = await svc.authenticate(create_token(SECRET, user, now=ISSUED))
+    caller = await svc.authenticate(create_token(SECRET, user, now=ISSUED, ttl=24 * 3600))
     cuts = Cuts()
     svc.add_watcher(CID, caller, source, cuts)
     return cuts
@@ -104,7 +104,7 @@ async def test_revocation_cuts_watchers_whose_tokens_it_covers(svc: CallService)
 
 async def test_a_watcher_admitted_during_a_revocation_is_refused(svc: CallService) -> None:
     """The token was checked before the revocation ran: the roster still refuses it."""
-    caller = await svc.authenticate(create_token(SECRET, "viewer", now=ISSUED))
+    caller = await svc.authenticate(create_token(SECRET, "viewer", now=ISSUED, ttl=24 * 3600))
     await svc.update_users_partial(SERVER, revoke("viewer"))
     with pytest.raises(TokenRevokedError, match="revoked"):
         svc.add_watcher(CID, caller, "whep", Cuts())
