@@ -43,13 +43,15 @@ from aiortc.sdp import SessionDescription
 from fastapi import APIRouter, Request, Response
 
 from .calls.service import CallService, Participant
-from .errors import IngestError, InputError, NotFoundError, RateLimitedError
+from .errors import IngestError, InputError, MediaError, NotFoundError, RateLimitedError
 from .http import PayloadTooLargeError, read_body
+from .media.codecs.h264 import parse_sps, split_annexb
 from .media.hub import Hub
 from .media.units import AudioConfig, Kind, MediaUnit, VideoConfig
 from .publishing import LivePublisher, Publishers
 from .webrtc.aiortc_compat import depayloaded, forward_receiver, send_pli
 from .webrtc.forwarding import (
+    H264_SPS,
     AudioSequencer,
     FrameAssembler,
     KeyframeRequests,
@@ -234,6 +236,8 @@ class WhipPublisher(LivePublisher):
                     )
         else:
             key = h264_keyframe(payloads)
+            if key:
+                self._h264_size(b"".join(p.data for p in packets))
         if self._need_key:
             if not key:
                 self.keyframes.request()
@@ -244,6 +248,26 @@ class WhipPublisher(LivePublisher):
         self.push(
             MediaUnit(Kind.VIDEO, self.video_codec, ms, ms, data, key, payloads=payloads), now
         )
+
+    def _h264_size(self, annexb: bytes) -> None:
+        """The picture size (and SPS, for health) from a keyframe's SPS, when it changes."""
+        track = self.tracks.get(Kind.VIDEO)
+        config = track.config if track is not None else None
+        if not isinstance(config, VideoConfig):
+            return
+        for nal in split_annexb(annexb):
+            if nal and nal[0] & 0x1F == H264_SPS:
+                if config.sps[:1] == (nal,):
+                    return
+                try:
+                    sps = parse_sps(nal)
+                except MediaError:
+                    return
+                self.publish_track(
+                    Kind.VIDEO,
+                    dataclasses.replace(config, sps=(nal,), width=sps.width, height=sps.height),
+                )
+                return
 
     def _on_audio(self, packet: RtpPacket) -> None:
         if self.closed or not packet.payload:

@@ -33,7 +33,7 @@ from ingest.calls.events import Subscription
 from ingest.client import create_token
 from ingest.webrtc import aiortc_compat
 from ingest.webrtc.bridge import ForwardBridge
-from ingest.webrtc.forwarding import KEYFRAME_REQUEST_INTERVAL_S, vp8_keyframe
+from ingest.webrtc.forwarding import KEYFRAME_REQUEST_INTERVAL_S, h264_nal_types, vp8_keyframe
 from ingest.webrtc.packing import ForwardPacker, installed_packer
 from tests.conftest import API_SECRET, api
 from tests.e2e.calls import Call, livestream
@@ -99,6 +99,8 @@ class Publisher:
     """An aiortc WHIP publisher; records every RTP payload it sends, per kind."""
 
     token: str
+    codec: str = "VP8"
+    """The video codec offered (``VP8`` or ``H264``)."""
     pc: RTCPeerConnection = field(
         default_factory=lambda: RTCPeerConnection(RTCConfiguration(iceServers=[]))
     )
@@ -115,7 +117,7 @@ class Publisher:
             [
                 c
                 for c in get_capabilities("video").codecs
-                if c.mimeType in ("video/VP8", "video/rtx")
+                if c.mimeType in (f"video/{self.codec}", "video/rtx")
             ]
         )
         audio = self.pc.addTransceiver(Tone(), direction="sendonly")
@@ -149,7 +151,12 @@ class Publisher:
                 kind = ssrcs.get(packet.ssrc)
                 if kind is not None:
                     self.sent[kind].append(packet.payload)
-                    if kind == "video" and vp8_keyframe(packet.payload)[0]:
+                    key = (
+                        vp8_keyframe(packet.payload)[0]
+                        if self.codec == "VP8"
+                        else 5 in h264_nal_types(packet.payload)
+                    )
+                    if kind == "video" and key:
                         self.keyframes_sent.append(time.perf_counter())
                     for waiter in [x for x in self._waiters if x[0]()]:
                         self._waiters.remove(waiter)
@@ -208,8 +215,9 @@ async def call(server: App) -> AsyncIterator[Call]:
         yield c
 
 
+@pytest.mark.parametrize("codec", ["VP8", "H264"])
 async def test_whip_publish_is_forwarded_byte_identical(
-    call: Call, monkeypatch: pytest.MonkeyPatch
+    call: Call, monkeypatch: pytest.MonkeyPatch, codec: str
 ) -> None:
     import aiortc.rtcrtpreceiver as receiver_module
     import aiortc.rtcrtpsender as sender_module
@@ -228,7 +236,7 @@ async def test_whip_publish_is_forwarded_byte_identical(
 
     monkeypatch.setattr(receiver_module, "get_decoder", decoder)
     monkeypatch.setattr(sender_module, "get_encoder", encoder)
-    publisher = Publisher(token("alice"))
+    publisher = Publisher(token("alice"), codec)
     viewer = PayloadViewer(token=token("viewer"))
     try:
         with call.app.bus.subscribe("livestream:show") as sub:
@@ -236,20 +244,20 @@ async def test_whip_publish_is_forwarded_byte_identical(
             assert resp.status_code == 201, resp.text
             assert resp.headers["location"].startswith("/whip/session/")
             assert "a=candidate:" in resp.text
-            assert "VP8" in resp.text
+            assert codec in resp.text
             joined = await wait_event(sub, "call.session_participant_joined")
             assert joined["participant"]["source"] == "whip"
             started = await wait_event(sub, "ingress.started")
             assert started["ingress"] == "whip"
             # a second of media through the server before anybody watches: nothing decoded
             await publisher.until(lambda: len(publisher.sent["video"]) >= 30)
-            assert sorted(made) == ["enc audio/opus", "enc video/VP8"], made
+            assert sorted(made) == sorted(["enc audio/opus", f"enc video/{codec}"]), made
             assert call.app.whip is not None
             (whip,) = call.app.whip.sessions.values()
             assert all(aiortc_compat.is_forwarding(r) for r in whip.receivers.values())
             await call.go_live()
             await viewer.connect(call.whep())
-            assert "VP8" in viewer.answer
+            assert codec in viewer.answer
             await viewer.until("video", 30)
             await viewer.until("audio", 48_000)
             # the server's sender packs the publisher's payloads: no encoder for this track
@@ -259,7 +267,7 @@ async def test_whip_publish_is_forwarded_byte_identical(
             assert all(isinstance(b, ForwardBridge) for b in session.bridges)
             # the only codecs made anywhere: the publisher's encoders, the viewer's decoders
             assert sorted(made) == sorted(
-                ["enc video/VP8", "enc audio/opus", "dec video/VP8", "dec audio/opus"]
+                [f"enc video/{codec}", "enc audio/opus", f"dec video/{codec}", "dec audio/opus"]
             ), made
             for kind in ("video", "audio"):
                 sent = {p: i for i, p in enumerate(publisher.sent[kind])}
@@ -277,8 +285,8 @@ async def test_whip_publish_is_forwarded_byte_identical(
             health = w.ParticipantHealth.model_validate(p.health())
             assert health.transport == "whip"
             assert health.video is not None
-            assert health.video.codec == "vp8"
-            assert health.video.width == 320
+            assert health.video.codec == codec.lower()
+            assert health.video.width == 320  # VP8: key frame header; H.264: its SPS
             assert health.video.height == 240
             assert health.audio is not None
             assert health.audio.codec == "opus"
