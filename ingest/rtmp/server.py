@@ -243,22 +243,21 @@ class _Peer(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         data = bytes(self._server._read_view[:nbytes])
-        if self._admitted or (self._held is None and self._conn.bytes_received < LIGHT_BYTES):
+        server = self._server
+        if self._held is not None:  # bytes wait for their turn: these go behind them
+            self._held += data
+        elif self._admitted or self._conn.bytes_received < LIGHT_BYTES:
             self.data_received(data)  # publishers, and peers that sent as little as OBS does
             return
-        server = self._server
-        if self._held is None and server._slice_left():
+        elif server._slice_left():
             start = time.perf_counter()
             self.data_received(data)
             server._slice_spent(time.perf_counter() - start)
             return
-        # a heavy talker beyond this turn's slice: keep the bytes, read no more, wait in line
-        if self._held is None:
+        else:  # a heavy talker beyond this turn's slice: keep the bytes, wait in line
             self._held = data
             server._waiting.append(self)
             server._schedule_turn()
-        else:
-            self._held += data
         assert self._transport is not None
         if self._transport.is_reading():
             self._transport.pause_reading()
