@@ -111,7 +111,7 @@ class Publisher:
     senders: dict[str, RTCRtpSender] = field(default_factory=dict)
     _waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = field(default_factory=list)
 
-    async def publish(self, url: str) -> httpx.Response:
+    async def publish(self, url: str, *, apply_answer: bool = True) -> httpx.Response:
         video = self.pc.addTransceiver(Pictures(), direction="sendonly")
         video.setCodecPreferences(
             [
@@ -136,7 +136,8 @@ class Publisher:
             )
         if resp.status_code == 201:
             self.location = resp.headers["location"]
-            await self.pc.setRemoteDescription(RTCSessionDescription(resp.text, "answer"))
+            if apply_answer:
+                await self.pc.setRemoteDescription(RTCSessionDescription(resp.text, "answer"))
         return resp
 
     def _tap(self) -> None:
@@ -585,5 +586,24 @@ async def test_rtmp_and_whip_hosts_in_one_call_over_the_call_websocket(
                 seen = c.frames[sessions["bob"]]
                 await c.until_frames(sessions["bob"], seen + 10)  # bob keeps flowing
             await c.expect(participant_event(ev.PARTICIPANT_LEFT, "bob"), "bob left")
+    finally:
+        await publisher.close()
+
+
+async def test_a_publisher_that_never_connects_is_dropped(call: Call) -> None:
+    from ingest.whip import WHIP_CONNECT_TIMEOUT
+
+    assert call.app.whip is not None
+    assert WHIP_CONNECT_TIMEOUT >= 10
+    call.app.whip.connect_timeout = 0.5
+    publisher = Publisher(token("alice"))
+    try:
+        with call.app.bus.subscribe("livestream:show") as sub:
+            resp = await publisher.publish(whip_url(call), apply_answer=False)  # never connects
+            assert resp.status_code == 201
+            stopped = await wait_event(sub, "ingress.stopped")
+            assert stopped["reason"] == "did not connect in time"
+        assert call.app.whip.sessions == {}
+        assert call.app.calls.list_participants("livestream:show") == []
     finally:
         await publisher.close()
