@@ -410,6 +410,7 @@ class _Peer(asyncio.BufferedProtocol):
         """Answer a refused publish after a random delay (slows down guessing), then close."""
         await asyncio.sleep(random.uniform(*self._server.reject_delay))
         if not self._closing:
+            self._server.publishes_refused += 1
             self._conn.reject_publish(event.stream_id, code, description)
             self._flush()
             self._close(f"publish refused: {description}")
@@ -602,6 +603,7 @@ class RTMPServer:
         self._waiters: list[asyncio.Future[None]] = []
         self._read_view = memoryview(bytearray(READ_SIZE))
         self.quiet = LogLimiter()  # what unauthenticated peers make us log
+        self.publishes_refused = 0  # answered with a refusal, since start
         self._waiting: deque[_Peer] = deque()  # heavy unadmitted peers with held bytes
         self._slice_used = 0.0
         self._turn_scheduled = False

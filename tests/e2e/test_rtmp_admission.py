@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from ingest.app import App
 from ingest.calls import events as ev
@@ -500,6 +501,13 @@ async def test_a_publisher_gets_in_while_1000_hostile_connections_attack(
     address = await a_call(app)
     assert app.rtmp is not None
     baseline = rss()
+    selects = [0]
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            selects[0] += 1
+
+    sa.event.listen(app.store.engine.sync_engine, "before_cursor_execute", seen)
     async with attack(mode, app, address):
         rtmp = app.rtmp
         # in full swing: most of the hostile connections are open at once
@@ -508,14 +516,19 @@ async def test_a_publisher_gets_in_while_1000_hostile_connections_attack(
         publisher, slowest_api = await legit_publisher_and_api(app, address, media)
         peak = max(peak, rss())
         open_during = app.rtmp.connections
+        refused, queries = rtmp.publishes_refused, selects[0]
     print(
         f"{mode}: publisher accepted after {publisher:.2f} s, API {slowest_api:.3f} s, "
-        f"RSS +{(peak - baseline) / 2**20:.0f} MiB, {open_during} RTMP connections"
+        f"RSS +{(peak - baseline) / 2**20:.0f} MiB, {open_during} RTMP connections, "
+        f"{refused} publishes refused, {queries} SELECTs"
     )
     assert publisher < PUBLISHER_WITHIN
     assert slowest_api < API_WITHIN
     assert peak - baseline < MEMORY_BOUND
     assert open_during >= HOSTILE // 2  # the attack went on while the publisher got in
+    if mode == "flood":  # refusals cost no queries beyond the first (per CACHE_TTL)
+        assert refused >= HOSTILE
+        assert queries < refused / 20
     # the attacker is gone: the server notices every socket (nothing left in CLOSE_WAIT)
     await asyncio.wait_for(
         rtmp.wait_until(lambda: rtmp.connections == 0 and rtmp.pending_decisions == 0), TIMEOUT
