@@ -607,3 +607,72 @@ async def test_a_publisher_that_never_connects_is_dropped(call: Call) -> None:
         assert call.app.calls.list_participants("livestream:show") == []
     finally:
         await publisher.close()
+
+
+async def test_chromium_publishes_over_whip_and_chromium_plays_it(call: Call) -> None:
+    """Headless Chromium with a fake camera publishes through a minimal WHIP page (another
+    origin: CORS is exercised); a second Chromium page plays it with samples/whep-player.html."""
+    from pathlib import Path
+
+    from playwright.async_api import async_playwright
+
+    from tests.e2e.browser import CHROMIUM_ARGS, PLAYER, chromium_path, play, static_page
+
+    page_html = (Path(__file__).parent / "whip_page.html").read_bytes()
+    await call.go_live()
+    with call.app.bus.subscribe("livestream:show") as sub:
+        async with (
+            static_page(page_html, "/whip.html") as whip_page,
+            static_page(PLAYER.read_bytes()) as player_url,
+            async_playwright() as pw,
+        ):
+            browser = await pw.chromium.launch(
+                executable_path=chromium_path(),
+                headless=True,
+                args=[
+                    *CHROMIUM_ARGS,
+                    "--use-fake-device-for-media-stream",
+                    "--use-fake-ui-for-media-stream",
+                ],
+            )
+            try:
+                host = await browser.new_page()
+                await host.goto(whip_page)
+                await host.evaluate(
+                    "([url, token]) => publish(url, token)", [whip_url(call), token("alice")]
+                )
+                assert await host.evaluate("() => whip.error") is None
+                await host.wait_for_function("() => whip.state === 'publishing'", timeout=20_000)
+                joined = await wait_event(sub, "call.session_participant_joined")
+                assert joined["participant"]["source"] == "whip"
+                viewer = await browser.new_page()
+                await viewer.goto(player_url)
+                await play(
+                    viewer,
+                    server=call.base,
+                    call_type=call.call_type,
+                    call_id=call.call_id,
+                    user="alice",
+                    token=token("viewer"),
+                )
+                await viewer.wait_for_function("() => window.player.frames >= 30", timeout=20_000)
+                assert await viewer.evaluate("() => window.player.error") is None
+                frames = await viewer.evaluate("() => window.player.frames")
+                await viewer.wait_for_function(
+                    f"() => window.player.frames >= {frames + 15}", timeout=20_000
+                )
+                size = await viewer.evaluate(
+                    "() => [player.video.videoWidth, player.video.videoHeight]"
+                )
+                assert size == [320, 240]
+                sent = await host.evaluate("() => sent()")
+                assert sent["framesEncoded"] > 0
+                # the server forwarded what Chromium encoded: no decoder for it on the server
+                assert call.app.whip is not None
+                (whip,) = call.app.whip.sessions.values()
+                assert sent["codec"].lower() == f"video/{whip.video_codec}"
+                await host.evaluate("() => stop()")
+                left = await wait_event(sub, "call.session_participant_left")
+                assert left["participant"]["source"] == "whip"
+            finally:
+                await browser.close()
