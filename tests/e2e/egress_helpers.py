@@ -1,4 +1,4 @@
-"""Helpers of the HLS and recording tests: the REST API over httpx, events, ffprobe."""
+"""Helpers of the HLS and recording tests: the REST API (ingest.client), events, ffprobe."""
 
 from __future__ import annotations
 
@@ -14,53 +14,63 @@ import httpx
 import numpy as np
 
 from ingest.app import App
+from ingest.calls import wire as w
 from ingest.calls.events import Subscription
-from ingest.calls.tokens import create_server_token, create_token
+from ingest.calls.tokens import create_token
+from ingest.client import AsyncClient
 from tests.conftest import API_KEY, API_SECRET
 
 CALL = "livestream/hlsshow"
 CID = "livestream:hlsshow"
+CALL_TYPE, CALL_ID = CALL.split("/")
 
 
 class Api:
-    """The REST API with a server token, over plain httpx."""
+    """The REST API through ``ingest.client`` with a server token, for the call ``CALL``; and a
+    plain HTTP client (``http``) for what is not the API: playlists, parts, downloads."""
 
     def __init__(self, port: int, secret: str = API_SECRET, key: str = API_KEY) -> None:
         self.secret = secret
+        self.client = AsyncClient(f"http://127.0.0.1:{port}", key, secret=secret, timeout=30)
+        self.http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30)
         self.address = ""
-        self.http = httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{port}",
-            headers={"Authorization": create_server_token(secret)},
-            params={"api_key": key},
-            timeout=30,
-        )
 
-    async def post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        r = await self.http.post(f"/api/v2/video/call/{CALL}{path}", json=body or {})
-        assert r.status_code == 201 or r.status_code == 200, r.text
-        data: dict[str, Any] = r.json()
-        return data
+    async def go_live(self, **flags: bool) -> w.CallStateResponse:
+        return await self.client.go_live(CALL_TYPE, CALL_ID, **flags)
 
-    async def get(self, path: str = "") -> dict[str, Any]:
-        r = await self.http.get(f"/api/v2/video/call/{CALL}{path}")
-        assert r.status_code == 200, r.text
-        data: dict[str, Any] = r.json()
-        return data
+    async def stop_live(self) -> w.CallStateResponse:
+        return await self.client.stop_live(CALL_TYPE, CALL_ID)
+
+    async def end_call(self) -> None:
+        await self.client.end_call(CALL_TYPE, CALL_ID)
+
+    async def recordings(self) -> list[w.RecordingResponse]:
+        return (await self.client.list_recordings(CALL_TYPE, CALL_ID)).recordings
+
+    async def delete_recording(self, session_id: str, filename: str) -> None:
+        await self.client.delete_recording(CALL_TYPE, CALL_ID, session_id, filename)
 
     async def setup(self, hosts: tuple[str, ...] = ("alice",)) -> str:
         """Users, the call with ``hosts`` as hosts; returns the first host's RTMP URL (the
         others': :meth:`rtmp_url`)."""
-        r = await self.http.post(
-            "/api/v2/users", json={"users": {u: {"id": u} for u in (*hosts, "viewer")}}
+        await self.client.upsert_users(*(w.UserRequest(id=u) for u in (*hosts, "viewer")))
+        got = await self.client.get_or_create_call(
+            CALL_TYPE,
+            CALL_ID,
+            w.CallRequest(
+                created_by_id=hosts[0],
+                members=[w.MemberRequest(user_id=h, role="host") for h in hosts],
+            ),
         )
-        assert r.status_code == 201 or r.status_code == 200, r.text
-        members = [{"user_id": h, "role": "host"} for h in hosts]
-        got = await self.post("", {"data": {"created_by_id": hosts[0], "members": members}})
-        self.address = got["call"]["ingress"]["rtmp"]["address"]
+        self.address = got.call.ingress.rtmp.address
         return self.rtmp_url(hosts[0])
 
     def rtmp_url(self, user_id: str) -> str:
         return f"{self.address}/{create_token(self.secret, user_id)}"
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        await self.http.aclose()
 
 
 @contextlib.asynccontextmanager
@@ -69,7 +79,7 @@ async def open_api(app: App) -> AsyncIterator[Api]:
     try:
         yield client
     finally:
-        await client.http.aclose()
+        await client.aclose()
 
 
 async def wait_event(sub: Subscription, type_: str, within: float = 20) -> dict[str, Any]:

@@ -49,7 +49,7 @@ async def test_two_hosts_make_one_composite_with_both_pictures_and_both_voices(
                     event = await asyncio.wait_for(watch.get(), 20)
                     seen += isinstance(event, TrackAdded) and event.kind is Kind.VIDEO
             with server.bus.subscribe(CID) as sub:
-                await api.post("/go_live", {"start_hls": True, "start_recording": True})
+                await api.go_live(start_hls=True, start_recording=True)
                 await wait_event(sub, "call.hls_broadcasting_started", within=30)
                 program = server.egress.programs[CID]
                 assert program.composite is not None
@@ -78,7 +78,7 @@ async def test_two_hosts_make_one_composite_with_both_pictures_and_both_voices(
                 # Both voices are mixed (within 5 %: live mixing on a busy machine smears them).
                 assert abs(peaks[0] - 440) < 22, peaks
                 assert abs(peaks[1] - 880) < 44, peaks
-                await api.post("/stop_live")
+                await api.stop_live()
                 ready = await wait_event(sub, "call.recording_ready", within=30)
         listed = await server.egress.recordings(CID)
         assert [r.filename for r in listed] == [ready["call_recording"]["filename"]]

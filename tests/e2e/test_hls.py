@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from ingest.app import App
+from ingest.calls import wire as w
 from ingest.calls.tokens import create_token
 from ingest.egress import HLS_LINGER_S
 from ingest.hls.stream import MAX_MSN_AHEAD
@@ -38,7 +39,7 @@ async def test_ll_hls_plays_in_ffprobe_with_segments_matching_extinf(
 
 async def hls_end_to_end(server: App, api: Api, url: str, src: Path, tmp_path: Path) -> None:
     with server.bus.subscribe(CID) as sub:
-        await api.post("/go_live", {"start_hls": True})
+        await api.go_live(start_hls=True)
         assert server.egress is not None
         playlist_url = server.egress.playlist_url(CID)
         assert playlist_url == f"http://127.0.0.1:{server.http_port}/hls/{CALL}/index.m3u8"
@@ -115,7 +116,7 @@ async def hls_end_to_end(server: App, api: Api, url: str, src: Path, tmp_path: P
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
-        await api.post("/stop_live")
+        await api.stop_live()
         await wait_event(sub, "call.hls_broadcasting_stopped")
         assert server.egress.hls_status(CID) == "stopped"
         # Viewers still get the end of the stream for a while.
@@ -130,7 +131,7 @@ async def test_nothing_runs_without_hls_or_recording(server: App) -> None:
     src = make_flv(MEDIA_DIR / "hls-bf2-g60.flv", seconds=12, gop=60, bframes=2)
     async with open_api(server) as api:
         url = await api.setup()
-        await api.post("/go_live", {})
+        await api.go_live()
     with server.hub.watch(CID) as watch:
         proc = await push(url, src, realtime=True)
         await asyncio.wait_for(watch.get(), 20)
@@ -147,16 +148,19 @@ async def test_nothing_runs_without_hls_or_recording(server: App) -> None:
 
 async def test_a_call_type_can_require_a_token_for_hls(server: App) -> None:
     src = make_flv(MEDIA_DIR / "hls-bf2-g60.flv", seconds=12, gop=60, bframes=2)
-    store = server.calls.store
-    ct = await store.get_call_type("livestream")
-    assert ct is not None
-    ct.settings = {**ct.settings, "broadcasting": {"hls": {"require_token": True}}}
-    await store.put_call_type(ct)
     assert server.egress is not None
     async with open_api(server) as api:
+        hls = w.HLSSettingsRequest(require_token=True)
+        changed = await api.client.update_call_type(
+            "livestream",
+            w.UpdateCallTypeRequest(
+                settings=w.CallSettingsRequest(broadcasting=w.BroadcastSettingsRequest(hls=hls))
+            ),
+        )
+        assert changed.settings.broadcasting.hls.require_token is True
         url = await api.setup()
         with server.bus.subscribe(CID) as sub:
-            await api.post("/go_live", {"start_hls": True})
+            await api.go_live(start_hls=True)
             proc = await push(url, src, realtime=True)
             try:
                 await wait_event(sub, "call.hls_broadcasting_started")

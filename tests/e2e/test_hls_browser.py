@@ -52,7 +52,7 @@ async def test_hls_js_plays_the_ll_hls_stream_with_frames_advancing(server: App)
     assert server.egress is not None
     async with open_api(server) as api:
         url = await api.setup()
-        await api.post("/go_live", {"start_hls": True})
+        await api.go_live(start_hls=True)
     playlist = server.egress.playlist_url(CID)
     proc = await push(url, src, realtime=True, loop=True)
     body = (PAGE % {"hlsjs": HLS_JS.read_text()}).encode()

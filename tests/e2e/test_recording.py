@@ -17,7 +17,7 @@ import pytest
 from ingest.app import App
 from ingest.calls.tokens import create_token
 from tests.conftest import API_SECRET
-from tests.e2e.egress_helpers import CALL, CID, Api, ffprobe, open_api, wait_event
+from tests.e2e.egress_helpers import CID, Api, ffprobe, open_api, wait_event
 from tests.e2e.media import MEDIA_DIR, finish, make_flv, push
 
 pytestmark = pytest.mark.e2e
@@ -44,14 +44,14 @@ async def test_recording_matches_the_pushed_duration_and_downloads(
     async with open_api(server) as api:
         url = await api.setup()
         with server.bus.subscribe(CID) as sub:
-            await api.post("/go_live", {"start_recording": True})
+            await api.go_live(start_recording=True)
             assert not (server.settings.data_dir / "recordings").exists()  # nothing yet
             proc = await push(url, src, realtime=True)
             await wait_event(sub, "call.recording_started")
             assert server.egress.is_recording(CID)
             code, err = await finish(proc)
             assert code == 0, err
-            await api.post("/stop_live")
+            await api.stop_live()
             await wait_event(sub, "call.recording_stopped")
             ready = await wait_event(sub, "call.recording_ready")
         rec = ready["call_recording"]
@@ -93,13 +93,11 @@ async def test_recording_matches_the_pushed_duration_and_downloads(
         assert n_src - 3 <= n_rec <= n_src, (n_rec, n_src)  # each once; a tail after the video
 
         # The API lists it and deletes it.
-        via_api = (await api.get("/recordings"))["recordings"]
-        assert [(r["filename"], r["url"]) for r in via_api] == [(rec["filename"], rec["url"])]
-        session, filename = listed[0].session_id, listed[0].filename
-        r = await api.http.delete(f"/api/v2/video/call/{CALL}/recordings/{session}/{filename}")
-        assert r.status_code == 200, r.text
+        via_api = await api.recordings()
+        assert [(r.filename, r.url) for r in via_api] == [(rec["filename"], rec["url"])]
+        await api.delete_recording(listed[0].session_id, listed[0].filename)
         assert await server.egress.recordings(CID) == []
-        assert (await api.get("/recordings"))["recordings"] == []
+        assert await api.recordings() == []
 
 
 async def test_unwritable_recordings_dir_fails_the_recording_not_the_stream(
@@ -112,7 +110,7 @@ async def test_unwritable_recordings_dir_fails_the_recording_not_the_stream(
     async with open_api(server) as api:
         url = await api.setup()
         with server.bus.subscribe(CID) as sub:
-            await api.post("/go_live", {"start_recording": True, "start_hls": True})
+            await api.go_live(start_recording=True, start_hls=True)
             proc = await push(url, src, realtime=True)
             failed = await wait_event(sub, "call.recording_failed")
             assert "recordings" in failed["error"]
@@ -146,7 +144,7 @@ async def test_kill_9_mid_recording_leaves_a_playable_file(tmp_path: Path) -> No
         api = Api(int(match.group(1)), key="killkey")
         try:
             url = await api.setup()
-            await api.post("/go_live", {"start_recording": True, "start_hls": True})
+            await api.go_live(start_recording=True, start_hls=True)
             pusher = await push(url, src, realtime=True, loop=True)
             # Wait (blocking playlist reload, no polling) until 3 segments are cut: the recording
             # holds the same parts.
@@ -155,7 +153,7 @@ async def test_kill_9_mid_recording_leaves_a_playable_file(tmp_path: Path) -> No
                 r = await api.http.get(playlist, params={"_HLS_msn": msn}, timeout=30)
                 assert r.status_code == 200, r.text
         finally:
-            await api.http.aclose()
+            await api.aclose()
         server.send_signal(signal.SIGKILL)
         await server.wait()
     finally:
@@ -181,11 +179,11 @@ async def test_ending_the_call_finishes_the_recording(server: App) -> None:
     async with open_api(server) as api:
         url = await api.setup()
         with server.bus.subscribe(CID) as sub:
-            await api.post("/go_live", {"start_recording": True, "start_hls": True})
+            await api.go_live(start_recording=True, start_hls=True)
             proc = await push(url, src, realtime=True)
             try:
                 await wait_event(sub, "call.recording_started")
-                await api.post("/mark_ended")
+                await api.end_call()
                 ready = await wait_event(sub, "call.recording_ready")
             finally:
                 with contextlib.suppress(ProcessLookupError):
