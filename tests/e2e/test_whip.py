@@ -360,7 +360,8 @@ async def test_second_publish_of_the_same_user_takes_over(call: Call) -> None:
         await second.close()
 
 
-async def test_kick_ends_the_whip_publish(call: Call) -> None:
+@pytest.mark.parametrize("how", ["kick", "remove_member", "revoke"])
+async def test_kick_removal_and_revocation_end_the_whip_publish(call: Call, how: str) -> None:
     publisher = Publisher(token("alice"))
     try:
         with call.app.bus.subscribe("livestream:show") as sub:
@@ -375,10 +376,19 @@ async def test_kick_ends_the_whip_publish(call: Call) -> None:
 
             await publisher.until(lambda: len(publisher.sent["video"]) > 10)
             started = time.monotonic()
-            await call.client.kick_user("livestream", "show", "alice")
+            if how == "kick":
+                await call.client.kick_user("livestream", "show", "alice")
+            elif how == "remove_member":
+                await call.client.update_call_members("livestream", "show", remove=["alice"])
+            else:
+                from datetime import UTC, datetime
+
+                await call.client.revoke_tokens("alice", datetime.now(UTC))
             await wait_event(sub, "call.session_participant_left", within=5)
             assert call.app.whip is not None
             assert call.app.whip.sessions == {}
+            # the server closed its peer connection: the publisher's DTLS sees it end
+            await asyncio.wait_for(closed.wait(), 5)
             assert time.monotonic() - started < 5
         assert call.app.calls.list_participants("livestream:show") == []
     finally:
