@@ -419,6 +419,7 @@ class Ours:
         self.log_path: Path | None = None
 
     async def start(self) -> None:
+        self.streams = []
         http_port, rtmp_port = free_port(), free_port()
         env = {
             **os.environ,
@@ -790,6 +791,9 @@ async def _run(
                     except (RuntimeError, TimeoutError) as e:
                         log(f"  {system.name}: {streams} x {viewers} not measured: {e}")
                         await probes.restart()
+                        if isinstance(system, Ours):  # no half-set-up sessions in later steps
+                            await system.stop()
+                            await system.start()
                         nan = float("nan")
                         load = os.getloadavg()[0]
                         return Sample(system.name, streams, viewers, nan, nan, [], 0, load, str(e))

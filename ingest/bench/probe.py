@@ -131,7 +131,7 @@ class Probe:
         counter = Counter()
         counter.first_video = asyncio.get_running_loop().create_future()
         deadline = time.monotonic() + WHEP_DEADLINE_S
-        async with httpx.AsyncClient(timeout=10) as http:
+        async with httpx.AsyncClient(timeout=WHEP_DEADLINE_S) as http:
             while True:
                 pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
                 video = pc.addTransceiver("video", direction="recvonly")
