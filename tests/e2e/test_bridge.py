@@ -17,7 +17,6 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from aiortc.rtp import RtpPacket
@@ -27,7 +26,7 @@ from ingest.calls.tokens import create_token
 from ingest.media.hub import TrackAdded
 from ingest.media.units import Kind
 from ingest.webrtc.sending import LeanRtpSender
-from tests.conftest import API_KEY, API_SECRET
+from tests.conftest import API_SECRET, api
 from tests.e2e.calls import Call, livestream
 from tests.e2e.media import MEDIA_DIR, finish, make_flv, push
 from tests.e2e.webrtc_viewer import (
@@ -259,15 +258,13 @@ async def test_b_frames_are_transcoded_for_webrtc(call: Call) -> None:
         assert {(f.width, f.height) for f in viewer.frames} == {(1280, 720)}
         assert call.app.sfu.transcoding(CID, participant)
         # The participant's health says so too (what a host's dashboard shows).
-        async with httpx.AsyncClient() as http:
-            resp = await http.post(
-                f"{call.base}/api/v2/video/call/{CID.replace(':', '/')}/participants",
-                params={"api_key": API_KEY},
-                headers={"Authorization": token("alice")},
-            )
-        health = resp.json()["participants"][0]["health"]
-        assert health["webrtc"] == {"video_transcoded": True}
-        assert health["video"]["b_frames"] is True
+        async with api(call.app, token=token("alice")) as host:
+            health = (await host.participants(*CID.split(":"))).participants[0].health
+        assert health is not None
+        assert health.webrtc is not None
+        assert health.webrtc.video_transcoded is True
+        assert health.video is not None
+        assert health.video.b_frames is True
     assert not call.app.sfu.transcoding(CID, participant)  # nobody watches: nothing runs
 
 

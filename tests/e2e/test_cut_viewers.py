@@ -13,15 +13,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from ingest.app import App
-from ingest.calls.tokens import create_server_token, create_token
+from ingest.calls import wire as w
+from ingest.calls.tokens import create_token
+from ingest.client import AsyncClient
 from ingest.webrtc import signaling as sig
-from tests.conftest import API_KEY, API_SECRET
+from tests.conftest import API_KEY, API_SECRET, api
 from tests.e2e.media import MEDIA_DIR, make_flv, push
 from tests.e2e.webrtc_viewer import Viewer
 from tests.unit.webrtc.synth import chrome_like_h264
@@ -46,19 +47,9 @@ def clip() -> Path:
 
 
 class Live:
-    def __init__(self, app: App, http: httpx.AsyncClient) -> None:
+    def __init__(self, app: App, client: AsyncClient) -> None:
         self.app = app
-        self.http = http
-
-    async def api(self, method: str, path: str, body: Any = None) -> httpx.Response:
-        resp = await self.http.request(
-            method,
-            f"/api/v2{path}?api_key={API_KEY}",
-            headers={"Authorization": create_server_token(API_SECRET)},
-            json=body,
-        )
-        assert resp.status_code < 300, resp.text
-        return resp
+        self.client = client  # ingest.client with a server token
 
     def ws_url(self, token: str) -> str:
         return (
@@ -71,16 +62,17 @@ class Live:
 async def live(server: App, clip: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Live]:
     """A live call whose host alice publishes with ffmpeg; 'viewer' is a member (role user)."""
     chrome_like_h264(monkeypatch)
-    async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{server.http_port}", timeout=TIMEOUT
-    ) as http:
-        live = Live(server, http)
-        users = {u: {"id": u} for u in ("alice", "viewer")}
-        await live.api("POST", "/users", {"users": users})
-        members = [{"user_id": "alice", "role": "host"}, {"user_id": "viewer", "role": "user"}]
-        create = {"data": {"created_by_id": "alice", "members": members}}
-        await live.api("POST", "/video/call/livestream/show", create)
-        await live.api("POST", "/video/call/livestream/show/go_live", {})
+    async with api(server) as client:
+        live = Live(server, client)
+        await client.upsert_users(w.UserRequest(id="alice"), w.UserRequest(id="viewer"))
+        members = [
+            w.MemberRequest(user_id="alice", role="host"),
+            w.MemberRequest(user_id="viewer", role="user"),
+        ]
+        await client.get_or_create_call(
+            "livestream", "show", w.CallRequest(created_by_id="alice", members=members)
+        )
+        await client.go_live("livestream", "show")
         rtmp = f"rtmp://127.0.0.1:{server.rtmp_port}/{API_KEY}.livestream.show/"
         publisher = await push(
             rtmp + create_token(API_SECRET, "alice"), clip, realtime=True, loop=True
@@ -141,14 +133,11 @@ async def test_every_session_of_the_user_ends(live: Live, how: str, code: int, s
             (session,) = live.app.sfu.sessions.values()
 
             if how == "kick":
-                await live.api("POST", "/video/call/livestream/show/kick", {"user_id": "viewer"})
+                await live.client.kick_user("livestream", "show", "viewer")
             elif how == "revoke":
-                cut = {"revoke_tokens_issued_before": datetime.now(UTC).isoformat()}
-                await live.api("PATCH", "/users", {"users": [{"id": "viewer", "set": cut}]})
+                await live.client.revoke_tokens("viewer", datetime.now(UTC))
             else:
-                await live.api(
-                    "POST", "/video/call/livestream/show/members", {"remove_members": ["viewer"]}
-                )
+                await live.client.update_call_members("livestream", "show", remove=["viewer"])
             cut_at = time.monotonic()
 
             # the WebSocket: an error with the reason, then the close with it
@@ -185,7 +174,7 @@ async def test_back_to_backstage_ends_a_whep_viewer_without_join_backstage(live:
         await host.connect(url)
         await viewer.until("video", 5)
         await host.until("video", 5)
-        await live.api("POST", "/video/call/livestream/show/stop_live", {})
+        await live.client.stop_live("livestream", "show")
         await asyncio.wait_for(viewer_session.closed.wait(), CUT_DEADLINE)
         assert viewer_session.pc.connectionState == "closed"
         assert len(live.app.sfu.sessions) == 1  # the host may watch backstage: still there

@@ -26,7 +26,7 @@ from ingest.calls import wire as w
 from ingest.calls.service import SERVER
 from ingest.calls.tokens import create_token
 from ingest.webrtc import signaling as sig
-from tests.conftest import API_KEY, API_SECRET
+from tests.conftest import API_KEY, API_SECRET, api
 from tests.e2e.media import MEDIA_DIR, make_flv, push
 from tests.unit.webrtc.synth import chrome_like_h264
 
@@ -258,15 +258,12 @@ async def test_host_watches_two_rtmp_hosts(app: App, clip: Path) -> None:
                 assert again["participant"]["user_session_id"] != sessions["bob"]
 
                 # a viewer's reaction over REST reaches the WebSocket
-                async with httpx.AsyncClient() as http:
-                    resp = await http.post(
-                        f"http://127.0.0.1:{app.http_port}/api/v2/video/call/"
-                        f"{CALL_TYPE}/{CALL_ID}/reaction",
-                        params={"api_key": API_KEY},
-                        headers={"Authorization": token("viewer")},
-                        json={"type": "like", "emoji_code": ":thumbsup:"},
+                async with api(app, token=token("viewer")) as viewer:
+                    await viewer.send_reaction(
+                        CALL_TYPE,
+                        CALL_ID,
+                        w.SendReactionRequest(type="like", emoji_code=":thumbsup:"),
                     )
-                assert resp.status_code in (200, 201), resp.text
                 reaction = await c.expect(typed(ev.REACTION_NEW), "reaction")
                 assert reaction["reaction"]["type"] == "like"
                 assert reaction["reaction"]["user"]["id"] == "viewer"
