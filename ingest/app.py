@@ -262,6 +262,15 @@ class App:
         )
         self.calls.egress = self.egress
         self.ingress = RtmpIngress(self.calls, self.hub, transcoding=self.sfu.transcoding)
+        for call in await self.store.calls_with_egress():  # a restart resumes what was on
+            if call.ended_at is not None:
+                continue
+            log.info("resuming %s of %s", "HLS and recording" if call.hls and call.recording
+                     else "HLS" if call.hls else "recording", call.cid)  # fmt: skip
+            if call.hls:
+                self.egress.start_hls(call.cid)
+            if call.recording:
+                self.egress.start_recording(call.cid, call.current_session_id)
         self.rtmp = RTMPServer(
             self.ingress,
             s.host,

@@ -376,6 +376,14 @@ class Store:
         cache.put(cid, call, generation)
         return call
 
+    async def calls_with_egress(self) -> list[Call]:
+        """Calls that want HLS or a recording (what a restarted server resumes)."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(calls).where(sa.or_(calls.c.hls.is_(True), calls.c.recording.is_(True)))
+            )
+            return [Call(**_row(row)) for row in rows]
+
     async def insert_call(self, call: Call) -> bool:
         """Insert; False when a call with that cid already exists (get-or-create race)."""
         self.call_cache.drop(call.cid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import os
 import shutil
@@ -106,3 +107,39 @@ def postgres() -> Iterator[str]:
 
 async def test_postgresql_survives_restart(app_factory: Callable[..., Any], postgres: str) -> None:
     await exercise_restart(app_factory, database_url=postgres)
+
+
+async def test_hls_and_recording_resume_after_a_restart(app_factory: Callable[..., Any]) -> None:
+    from tests.conftest import user_token
+    from tests.e2e.media import MEDIA_DIR, finish, make_flv, push
+
+    app = await app_factory()
+    async with api(app) as client:
+        await client.upsert_users(w.UserRequest(id="alice"))
+        await client.get_or_create_call(
+            "livestream",
+            "resumed",
+            w.CallRequest(
+                created_by_id="alice", members=[w.MemberRequest(user_id="alice", role="host")]
+            ),
+        )
+        await client.go_live("livestream", "resumed", start_hls=True, start_recording=True)
+    await app.stop()  # nobody published: nothing was produced, but both are still wanted
+
+    app2 = await app_factory()
+    MEDIA_DIR.mkdir(exist_ok=True)
+    src = make_flv(MEDIA_DIR / "baseline-bf0.flv", profile="baseline")
+    with app2.bus.subscribe("livestream:resumed") as sub:
+        async with api(app2) as client:
+            address = (await client.get_call("livestream", "resumed")).call.ingress.rtmp.address
+            proc = await push(f"{address}/{user_token('alice')}", src, realtime=True, loop=True)
+            try:
+                wanted = {"call.hls_broadcasting_started", "call.recording_started"}
+                while wanted:
+                    wanted.discard((await asyncio.wait_for(sub.get(), 30))["type"])
+                got = await client.get_call("livestream", "resumed")
+                assert got.call.egress.hls.status == "running"
+                assert got.call.recording is True
+            finally:
+                proc.terminate()
+                await finish(proc)
