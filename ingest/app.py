@@ -34,6 +34,7 @@ from .http import protocol_class as http_protocol
 from .ingress import RtmpIngress
 from .logs import install_redaction
 from .media.hub import Hub
+from .pages import build_pages_router
 from .record.storage import LocalStorage
 from .rtmp.server import RTMPServer
 from .store.db import Store
@@ -363,6 +364,7 @@ class App:
             "calls, members, go live, participants, events. Clients: ingest.client (Python)",
         )
         install_error_handlers(api, cors_origins=self._cors_origins)
+        api.include_router(build_pages_router(lambda: self.calls, self.development))  # samples/
         api.include_router(build_router(self.calls))
         api.include_router(build_whep_router(self.sfu, self.calls.authorize_whep))
         if self.whip is not None:
