@@ -1,6 +1,6 @@
 """Forwarding benchmark: one 2.5 Mbit/s VP8 + Opus WHIP publisher into WHEP viewers.
 
-The App runs in this process; the publisher (aiortc, VP8 from noisy 960x540 pictures at 30 fps
+The App runs in this process; the publisher (aiortc, VP8 from moving 960x540 pictures at 30 fps
 held at 2.5 Mbit/s, Opus from a tone) and the viewers (``python -m ingest.bench.bridge viewers``,
 receiving every packet without decoding) run in child processes, so only the server's CPU is
 counted. The server forwards the publisher's RTP payloads as received: per viewer only the RTP
@@ -27,7 +27,7 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,8 @@ from .bridge import (
 
 WIDTH, HEIGHT, FPS = 960, 540, 30
 VIDEO_BIT_RATE = 2_500_000
+NOISE_PATCH = 96
+"""Side of the square of fresh noise in each picture: what makes the encoder spend its bits."""
 TARGET_PER_VIEWER = 1.0
 """% of a core per additional forwarded viewer."""
 TARGET_TTFF_MS = 500.0
@@ -252,14 +254,25 @@ async def _publish(url: str, token: str) -> None:
     from ingest.webrtc.forwarding import vp8_keyframe
 
     # 2.5 Mbit/s whatever the receiver estimates (aiortc clamps to 1.5 Mbit/s and follows REMB)
-    vpx.DEFAULT_BITRATE = vpx.MAX_BITRATE = VIDEO_BIT_RATE  # type: ignore[attr-defined]
-    setattr(vpx.Vp8Encoder, "target_bitrate", property(lambda self: VIDEO_BIT_RATE, None))  # noqa: B010
+    vpx.DEFAULT_BITRATE = vpx.MAX_BITRATE = VIDEO_BIT_RATE
+    fixed = property(lambda self: VIDEO_BIT_RATE, lambda self, value: None)
+    vpx.Vp8Encoder.target_bitrate = fixed  # type: ignore[assignment,method-assign]
     rng = np.random.default_rng(1)
 
-    class Noise(VideoStreamTrack):
+    class Pictures(VideoStreamTrack):
+        """A moving gradient with a patch of fresh noise: ~2.5 Mbit/s of VP8 at 30 fps."""
+
+        count = 0
+
         async def recv(self) -> av.VideoFrame:
             pts, time_base = await self.next_timestamp()
-            y = rng.integers(0, 255, (HEIGHT * 3 // 2, WIDTH), dtype=np.uint8)
+            x = (np.arange(WIDTH) + self.count * 4) % 256
+            y = np.broadcast_to(x.astype(np.uint8), (HEIGHT * 3 // 2, WIDTH)).copy()
+            top = (self.count * 7) % (HEIGHT - NOISE_PATCH)
+            y[top : top + NOISE_PATCH, :NOISE_PATCH] = rng.integers(
+                0, 255, (NOISE_PATCH, NOISE_PATCH), dtype=np.uint8
+            )
+            self.count += 1
             frame = av.VideoFrame.from_ndarray(y, format="yuv420p")
             frame.pts, frame.time_base = pts, time_base
             return frame
@@ -269,6 +282,7 @@ async def _publish(url: str, token: str) -> None:
 
         async def recv(self) -> av.AudioFrame:
             frame = await super().recv()  # paced 20 ms silence: give it a tone
+            assert isinstance(frame, av.AudioFrame)
             t = (np.arange(frame.samples) + self.samples) / frame.sample_rate
             pcm = (np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16).reshape(1, -1)
             tone = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
@@ -278,7 +292,7 @@ async def _publish(url: str, token: str) -> None:
             return tone
 
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    video = pc.addTransceiver(Noise(), direction="sendonly")
+    video = pc.addTransceiver(Pictures(), direction="sendonly")
     video.setCodecPreferences(
         [c for c in get_capabilities("video").codecs if c.mimeType in ("video/VP8", "video/rtx")]
     )
