@@ -64,9 +64,9 @@ def run_all(
     log: Callable[[str], None] | None = None,
 ) -> tuple[list[dict[str, Any]], Report]:
     """Every benchmark: the parser, the bridge's latency / first frame / CPU rows, the B-frame
-    first-frame row, the WHIP forwarding rows (:mod:`.forwarding`), then ``compare`` and ``scale`` against the ffmpeg baseline. Returns the
-    rows measured here (bridge CPU rows with their ratios) and the comparison's report (whose
-    own rows are ``report.rows()``)."""
+    first-frame row, the WHIP forwarding rows (:mod:`.forwarding`), then ``compare`` and
+    ``scale`` against the ffmpeg baseline. Returns the rows measured here (bridge CPU rows with
+    their ratios) and the comparison's report (whose own rows are ``report.rows()``)."""
     from . import compare
     from .bridge import bench_bridge, bench_first_frame_bframes
     from .forwarding import bench_forwarding
