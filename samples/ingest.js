@@ -26,6 +26,10 @@ export const ICE_GATHERING_TIMEOUT_MS = 3000;
 export const PING_INTERVAL_MS = 20000;
 /** How long playHls waits for the playlist to exist (the server answers 404 until then). */
 export const HLS_WAIT_MS = 30000;
+/** Holes in the buffered media (seconds) hls.js jumps over instead of stalling. */
+export const HLS_MAX_BUFFER_HOLE_S = 0.5;
+/** Fatal hls.js errors playHls recovers from (then it gives up and reports them). */
+export const HLS_MAX_RECOVERIES = 5;
 
 /**
  * The API's error shape, or the call WebSocket's `{type: "error", code, message}`.
@@ -666,12 +670,19 @@ export async function playHls(video, url, Hls) {
     await new Promise((r) => setTimeout(r, 500));
   }
   if (Hls && Hls.isSupported()) {
-    const hls = new Hls({ lowLatencyMode: true });
+    // maxBufferHole: a live composite may leave short holes (an audio frame missing);
+    // hls.js jumps over holes up to this size instead of stalling on them.
+    const hls = new Hls({ lowLatencyMode: true, maxBufferHole: HLS_MAX_BUFFER_HOLE_S });
     /** @type {string[]} */
     const errors = [];
-    hls.on(Hls.Events.ERROR, (/** @type {any} */ _e, /** @type {any} */ d) =>
-      errors.push(`${d.details}${d.fatal ? " (fatal)" : ""}`),
-    );
+    let recoveries = 0;
+    hls.on(Hls.Events.ERROR, (/** @type {any} */ _e, /** @type {any} */ d) => {
+      if (errors.length < 100) errors.push(`${d.details}${d.fatal ? " (fatal)" : ""}`);
+      if (!d.fatal || recoveries >= HLS_MAX_RECOVERIES) return;
+      recoveries += 1; // hls.js's documented recovery: media errors recover, network reloads
+      if (d.type === Hls.ErrorTypes.MEDIA_ERROR) hls.recoverMediaError();
+      else if (d.type === Hls.ErrorTypes.NETWORK_ERROR) hls.startLoad();
+    });
     hls.loadSource(url);
     hls.attachMedia(video);
     video.play().catch(() => {});

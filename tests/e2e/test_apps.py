@@ -1,0 +1,267 @@
+"""The sample host and viewer apps (samples/host.html, samples/viewer.html on samples/ingest.js),
+served by the server and driven in headless Chromium with a fake camera and microphone: two host
+pages publish over WHIP and go live, an ffmpeg RTMP push joins them, the viewer page plays all
+three over WebRTC (frames advancing in each), then switches to HLS; a reaction from the viewer
+reaches the hosts. Screenshots go to ``$INGEST_TEST_ARTIFACTS`` (default: the test's tmp dir)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.async_api import BrowserContext, Page, async_playwright
+from playwright.async_api import TimeoutError as PlaywrightTimeoutError
+
+from ingest.app import App
+from tests.e2e.browser import CHROMIUM_ARGS, chromium_path
+from tests.e2e.media import MEDIA_DIR, make_flv, push
+
+pytestmark = pytest.mark.e2e
+
+FAKE_MEDIA = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+SETUP_MS = 60_000
+"""Generous: ICE + DTLS for several peers and hls.js start on a busy shared 2-core machine."""
+FRAMES_ADVANCING = 15
+"""Frames each video must present after the first check to count as playing."""
+
+
+def artifacts(tmp_path: Path) -> Path:
+    out = Path(os.environ.get("INGEST_TEST_ARTIFACTS") or tmp_path / "artifacts")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@contextlib.asynccontextmanager
+async def browser() -> AsyncIterator[BrowserContext]:
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(
+            executable_path=chromium_path(), headless=True, args=[*CHROMIUM_ARGS, *FAKE_MEDIA]
+        )
+        try:
+            context = await b.new_context(viewport={"width": 1280, "height": 900})
+            yield context
+        finally:
+            await b.close()
+
+
+async def frames(page: Page, selector: str) -> list[int]:
+    """Frames presented so far by each video matching ``selector``."""
+    counts: list[int] = await page.evaluate(
+        """(sel) => [...document.querySelectorAll(sel)].map(
+               v => v.getVideoPlaybackQuality().totalVideoFrames)""",
+        selector,
+    )
+    return counts
+
+
+async def diagnosis(page: Page) -> Any:
+    """What the viewer page sees, for a failure message."""
+    return await page.evaluate(
+        """() => { const v = window.viewer; if (!v) return null;
+             const c = v.call;
+             return {errors: v.errors, mode: v.mode, tiles: [...v.tiles.keys()],
+               subscribed: [...v.subscribed],
+               participants: c ? [...c.participants.values()].map(p => [p.user.id, p.tracks]) : [],
+               peers: c ? [...c.peers.entries()].map(([k, pc]) => [k, pc.connectionState]) : [],
+               hls: v.hlsPlayer ? {errors: v.hlsPlayer.errors.slice(-5),
+                 time: document.querySelector('#hlsVideo').currentTime} : null,
+               frames: [...document.querySelectorAll('video')].map(
+                 x => [x.id, x.getVideoPlaybackQuality().totalVideoFrames, x.readyState])}; }"""
+    )
+
+
+async def wait_playing(page: Page, selector: str, count: int) -> list[int]:
+    """``count`` videos present frames, and keep presenting them (each advances)."""
+    try:
+        return await _wait_playing(page, selector, count)
+    except PlaywrightTimeoutError:
+        raise AssertionError(f"not all playing: {await diagnosis(page)}") from None
+
+
+async def _wait_playing(page: Page, selector: str, count: int) -> list[int]:
+    await page.wait_for_function(
+        """([sel, n]) => { const vs = [...document.querySelectorAll(sel)];
+             return vs.length === n
+               && vs.every(v => v.getVideoPlaybackQuality().totalVideoFrames > 5); }""",
+        arg=[selector, count],
+        timeout=SETUP_MS,
+    )
+    first = await frames(page, selector)
+    await page.wait_for_function(
+        """([sel, first, more]) => [...document.querySelectorAll(sel)].every(
+             (v, i) => v.getVideoPlaybackQuality().totalVideoFrames >= first[i] + more)""",
+        arg=[selector, first, FRAMES_ADVANCING],
+        timeout=SETUP_MS,
+    )
+    return await frames(page, selector)
+
+
+async def open_host(context: BrowserContext, base: str, call_id: str, user: str) -> Page:
+    page = await context.new_page()
+    page.on("pageerror", lambda e: print(f"[{user}] page error: {e}"))
+    await page.goto(f"{base}/samples/host.html?id={call_id}&user={user}")
+    await page.click("#join")
+    await page.wait_for_function("() => window.host.call !== null", timeout=SETUP_MS)
+    await page.wait_for_function(
+        "() => document.querySelector('#preview').srcObject !== null", timeout=SETUP_MS
+    )
+    await page.click("#publish")
+    await page.wait_for_function(
+        "() => window.host.publication && window.host.publication.state === 'connected'",
+        timeout=SETUP_MS,
+    )
+    return page
+
+
+async def host_token(base: str, user: str, call_id: str) -> dict[str, Any]:
+    async with httpx.AsyncClient() as http:
+        resp = await http.post(
+            f"{base}/api/v2/dev/token",
+            json={"user_id": user, "call_type": "livestream", "call_id": call_id},
+        )
+        resp.raise_for_status()
+        body: dict[str, Any] = resp.json()
+        return body
+
+
+async def test_hosts_publish_go_live_and_the_viewer_plays_them_all(
+    app_factory: Callable[..., Any], tmp_path: Path
+) -> None:
+    server: App = await app_factory(api_key=None, api_secret=None)  # development mode
+    assert server.development
+    base = f"http://127.0.0.1:{server.http_port}"
+    call_id = "apps"
+    out = artifacts(tmp_path)
+    flv = make_flv(MEDIA_DIR / "apps-720p-g30.flv", seconds=10, size="1280x720", gop=30)
+    proc = None
+    async with browser() as context:
+        try:
+            alice = await open_host(context, base, call_id, "alice")
+            viewer = await context.new_page()
+            viewer.on("pageerror", lambda e: print(f"[viewer] page error: {e}"))
+            await viewer.goto(f"{base}/samples/viewer.html?id={call_id}&user=vera")
+            await viewer.click("#join")
+            # backstage: the viewer waits on the waiting screen, no tiles
+            await viewer.wait_for_function("() => window.viewer.call !== null", timeout=SETUP_MS)
+            assert await viewer.is_visible("#waiting")
+            assert await frames(viewer, "#grid video") == []
+
+            bob = await open_host(context, base, call_id, "bob")
+            carol = await host_token(base, "carol", call_id)
+            state = await alice.evaluate("() => window.host.state.call.ingress.rtmp.address")
+            proc = await push(f"{state}/{carol['token']}", flv, realtime=True, loop=True)
+            await alice.wait_for_function(
+                "() => window.host.participants.length === 3", timeout=SETUP_MS
+            )
+            await alice.wait_for_function(
+                """() => window.host.participants.some(p => p.source === 'rtmp'
+                          && p.health && p.health.bitrate_kbps > 0)""",
+                timeout=SETUP_MS,
+            )
+
+            # go live from a host page, with HLS
+            assert await alice.is_checked("#hls")
+            await alice.click("#goLive")
+            await alice.wait_for_function("() => window.host.live", timeout=SETUP_MS)
+            await viewer.wait_for_function(
+                "() => !document.querySelector('#stage').classList.contains('backstage')",
+                timeout=SETUP_MS,
+            )
+            counts = await wait_playing(viewer, "#grid video", 3)
+            users = await viewer.eval_on_selector_all(
+                "#grid figure", "figs => figs.map(f => f.dataset.user).sort()"
+            )
+            assert users == ["alice", "bob", "carol"], users
+            assert all(c > FRAMES_ADVANCING for c in counts), counts
+            await viewer.screenshot(path=str(out / "viewer.png"))
+
+            # a reaction from the viewer reaches both host pages
+            await viewer.click(".react[data-type=like]")
+            for host in (alice, bob):
+                await host.wait_for_function(
+                    "() => window.host.feed.some(f => f.kind === 'reaction' && f.user === 'vera')",
+                    timeout=SETUP_MS,
+                )
+            await alice.screenshot(path=str(out / "host.png"), full_page=True)
+
+            # hosts leaving: the viewer's grid follows
+            for host in (alice, bob):
+                await host.click("#unpublish")
+            await viewer.wait_for_function(
+                "() => document.querySelectorAll('#grid figure').length === 1", timeout=SETUP_MS
+            )
+            # back to backstage: the waiting screen; live again: the show (HLS restarts with
+            # the one RTMP host: a remux, see test_hls_browser for hls.js on it)
+            await alice.click("#stopLive")
+            await viewer.wait_for_function(
+                "() => document.querySelector('#stage').classList.contains('backstage')",
+                timeout=SETUP_MS,
+            )
+            assert await viewer.is_visible("#waiting")
+            await alice.click("#goLive")
+            await wait_playing(viewer, "#grid video", 1)
+
+            # switch to HLS: hls.js plays the call
+            await viewer.click("#hlsMode")
+            await wait_playing(viewer, "#hlsVideo", 1)
+            assert await frames(viewer, "#grid video") == []  # WebRTC tiles closed
+            await viewer.screenshot(path=str(out / "viewer-hls.png"))
+            assert await viewer.evaluate("() => window.viewer.errors") == []
+            for host in (alice, bob):
+                assert await host.evaluate("() => window.host.errors") == []
+        finally:
+            if proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+
+
+async def test_dev_token_is_refused_with_configured_credentials(server: App) -> None:
+    base = f"http://127.0.0.1:{server.http_port}"
+    async with httpx.AsyncClient() as http:
+        resp = await http.post(f"{base}/api/v2/dev/token", json={"user_id": "alice"})
+        assert resp.status_code == 403
+        body = resp.json()
+        assert body["code"] == 17
+        assert "development mode" in body["message"]
+        assert (await http.get(f"{base}/api/v2/dev")).json() == {"development": False}
+
+
+async def test_pages_are_served_by_name_only(server: App) -> None:
+    base = f"http://127.0.0.1:{server.http_port}"
+    async with httpx.AsyncClient() as http:
+        js = await http.get(f"{base}/ingest.js")
+        assert js.status_code == 200
+        assert js.headers["content-type"].startswith("text/javascript")
+        assert "export class IngestClient" in js.text
+        for page in ("host.html", "viewer.html"):
+            resp = await http.get(f"{base}/samples/{page}")
+            assert resp.status_code == 200
+            assert "/ingest.js" in resp.text
+        for path in ("/samples/ingest.toml", "/samples/..%2Fpyproject.toml", "/samples/OBS.md"):
+            assert (await http.get(f"{base}{path}")).status_code == 404, path
+
+
+async def test_dev_token_makes_a_host_in_development_mode(
+    app_factory: Callable[..., Any],
+) -> None:
+    server: App = await app_factory(api_key=None, api_secret=None)
+    base = f"http://127.0.0.1:{server.http_port}"
+    body = await host_token(base, "alice", "devcall")
+    assert body["api_key"] == server.creds.api_key
+    async with httpx.AsyncClient() as http:
+        call = await http.get(
+            f"{base}/api/v2/video/call/livestream/devcall",
+            params={"api_key": body["api_key"]},
+            headers={"Authorization": body["token"]},
+        )
+        assert call.status_code == 200
+        assert "update-call" in call.json()["own_capabilities"]  # a host: may go live
+        bad = await http.post(f"{base}/api/v2/dev/token", json={"user_id": "x", "role": "admin"})
+        assert bad.status_code == 400
+        assert "role must be one of" in bad.json()["message"]
