@@ -468,19 +468,39 @@ class Ours:
         assert self.proc is not None
         if len(self.streams) < streams:
             self.streams = await setup_streams(self.base, streams)
-        pushers = [await _push(media, s.rtmp) for s in self.streams[:streams]]
+        targets = self.streams[:streams]
+        pushers = [await _push(media, s.rtmp) for s in targets]
+        restarts = 0
+
+        async def supervise() -> None:
+            """Push again when a publish was refused: the server admits MAX_PENDING_PER_ADDRESS
+            publish decisions per client address at a time, and every pusher here is 127.0.0.1
+            (OBS instances would come from as many addresses)."""
+            nonlocal restarts
+            while True:
+                await asyncio.sleep(0.2)
+                for i, p in enumerate(pushers):
+                    if p.returncode is not None:
+                        restarts += 1
+                        pushers[i] = await _push(media, targets[i].rtmp)
+
+        supervisor = asyncio.create_task(supervise())
         try:
-            for s in self.streams[:streams]:
+            for s in targets:
                 for _ in range(viewers):
                     await probes.whep(s.whep, s.token)
             try:
                 await probes.all_added()
             except (RuntimeError, TimeoutError) as e:
-                exited = [p.returncode for p in pushers if p.returncode is not None]
-                why = f"{len(exited)} pusher(s) exited ({exited}); " if exited else ""
+                why = f"{restarts} pusher(s) restarted; " if restarts else ""
                 raise RuntimeError(f"{e} ({why}server log: {self.log_tail()})") from None
+            finally:
+                supervisor.cancel()
+            if any(p.returncode is not None for p in pushers):
+                raise RuntimeError(f"a pusher exited (server log: {self.log_tail()})")
             return await _measure(self.name, streams, viewers, [self.proc.pid], probes, plan)
         finally:
+            supervisor.cancel()
             await probes.close()
             for p in pushers:
                 await _stop(p)
