@@ -204,7 +204,11 @@ class WhipPublisher(LivePublisher):
         if self.closed:
             return
         now = time.monotonic()
-        self._video_ssrc = packet.ssrc
+        if packet.ssrc != self._video_ssrc:
+            if self._video_ssrc is not None:  # the sender restarted its stream: a new sequence
+                self.assembler = FrameAssembler(self.assembler.starts_frame)
+                self._need_key = True
+            self._video_ssrc = packet.ssrc
         rtp = RtpIn(
             packet.sequence_number,
             packet.timestamp,

@@ -59,7 +59,7 @@ class FrameAssembler:
         max_wait: float = ASSEMBLY_MAX_WAIT_S,
         max_pending: int = ASSEMBLY_MAX_PENDING,
     ) -> None:
-        self._starts_frame = starts_frame
+        self.starts_frame = starts_frame
         self.max_wait = max_wait
         self.max_pending = max_pending
         self._pending: dict[int, RtpIn] = {}  # by extended sequence number
@@ -87,7 +87,7 @@ class FrameAssembler:
         """Frames completed by ``packet`` and whether frames were dropped before them."""
         ext = self._extend(packet.seq)
         if self._expect is None:
-            if not self._starts_frame(packet.payload):
+            if not self.starts_frame(packet.payload):
                 return [], False
             self._expect = ext
         if ext < self._expect or ext in self._pending:
@@ -148,7 +148,7 @@ class FrameAssembler:
         self._expect = None
         for k in sorted(self._pending):
             before = self._pending.get(k - 1)
-            starts = self._starts_frame(self._pending[k].payload)
+            starts = self.starts_frame(self._pending[k].payload)
             if starts or (before is not None and before.marker):
                 self._expect = k
                 break
@@ -167,7 +167,7 @@ class FrameAssembler:
             p = self._pending[k]
             before = self._pending.get(k - 1)
             if p.timestamp != head_ts and (
-                self._starts_frame(p.payload) or (before is not None and before.marker)
+                self.starts_frame(p.payload) or (before is not None and before.marker)
             ):
                 for old in [j for j in self._pending if j < k]:
                     del self._pending[old]

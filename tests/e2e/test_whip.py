@@ -686,3 +686,23 @@ async def test_chromium_publishes_over_whip_and_chromium_plays_it(call: Call) ->
                 assert left["participant"]["source"] == "whip"
             finally:
                 await browser.close()
+
+
+async def test_lost_packets_are_resent_from_the_viewers_send_history(call: Call) -> None:
+    """A viewer that loses forwarded video packets gets them again on NACK (RTX), from its own
+    sender's history: the publisher is not asked, and the picture keeps decoding."""
+    await call.go_live()
+    publisher = Publisher(token("alice"))
+    viewer = PayloadViewer(token=token("viewer"))
+    viewer.drop = lambda packet: packet.sequence_number % 25 == 0
+    try:
+        assert (await publisher.publish(whip_url(call))).status_code == 201
+        await viewer.connect(call.whep())
+        await viewer.until("video", 90)
+        assert viewer.dropped
+        resent = set(viewer.retransmitted)
+        assert resent, "no retransmission arrived"
+        assert len(resent & set(viewer.dropped)) >= len(viewer.dropped) // 2
+    finally:
+        await viewer.close()
+        await publisher.close()
