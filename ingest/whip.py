@@ -49,7 +49,7 @@ from .media.codecs.h264 import parse_sps, split_annexb
 from .media.hub import Hub
 from .media.units import AudioConfig, Kind, MediaUnit, VideoConfig
 from .publishing import LivePublisher, Publishers
-from .webrtc.aiortc_compat import depayloaded, forward_receiver, send_pli
+from .webrtc.aiortc_compat import depayloaded, forward_receiver, round_trip, send_pli
 from .webrtc.forwarding import (
     H264_SPS,
     AudioSequencer,
@@ -81,7 +81,8 @@ MAX_WHIP_PUBLISHERS = 100
 WHIP_CONNECT_TIMEOUT = 30.0
 """Seconds a publisher may take to connect (ICE + DTLS) before its session is ended."""
 WHIP_STATS_INTERVAL_S = 1.0
-"""How often a publisher's packet loss is read from its receivers for its health."""
+"""How often a publisher's packet loss (from its receivers) and round-trip time (one STUN
+binding request on its ICE pair) are measured for its health."""
 WHIP_VIDEO_CODECS = ("video/vp8", "video/h264")
 """Video codecs a WHIP publisher may send (forwarded as is); the offer's order decides."""
 WHIP_AUDIO_CODECS = ("audio/opus",)
@@ -163,6 +164,8 @@ class WhipPublisher(LivePublisher):
         self._need_key = True
         self.keyframes = KeyframeRequests(self._send_pli)
         self.packet_loss: float | None = None
+        self.rtt_ms: float | None = None
+        """STUN round trip on the ICE pair (aiortc's receiver does not measure RTT)."""
         self.connected = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stats_task: asyncio.Task[None] | None = None
@@ -309,12 +312,17 @@ class WhipPublisher(LivePublisher):
                             received += int(getattr(stats, "packetsReceived", 0) or 0)
             if lost + received:
                 self.packet_loss = lost / (lost + received)
+            first = next(iter(self.receivers.values()), None)
+            if first is not None:  # bundled: every receiver shares one ICE pair
+                rtt = await round_trip(first)
+                if rtt is not None:
+                    self.rtt_ms = rtt * 1000
 
     def health_snapshot(self) -> dict[str, Any]:
         snap = super().health_snapshot()
         snap["hints"] = []  # the RTMP encoder advice does not apply: keyframes come on request
         snap["packet_loss"] = None if self.packet_loss is None else round(self.packet_loss, 4)
-        snap["rtt_ms"] = None  # aiortc's receiver does not measure it (the sender does)
+        snap["rtt_ms"] = None if self.rtt_ms is None else round(self.rtt_ms, 1)
         video = snap.get("video")
         if video is not None:
             video["keyframe_requests"] = self.keyframes.sent

@@ -22,11 +22,13 @@ import ipaddress
 import logging
 import random
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiortc.rtcicetransport as rtcicetransport
 from aioice import ice as aioice_ice
+from aioice import stun
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
@@ -254,3 +256,62 @@ def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> N
 
 
 check_forwarding()
+
+
+# --- round-trip time of a peer connection (for a WHIP publisher's health) ------------------------
+#
+# aiortc's receiver does not measure RTT (only a sender learns it from receiver reports). We time
+# a STUN binding request on the nominated ICE pair, as aioice's own consent checks (RFC 7675)
+# send them. Private names (aioice 0.13): ``RTCIceTransport._connection``,
+# ``Connection._nominated``, ``Connection.build_request``, ``Connection.remote_password`` and
+# ``StunProtocol.request``; checked by :func:`check_round_trip` at import.
+
+
+def check_round_trip() -> None:
+    problems = []
+    for name in ("_nominated", "build_request", "remote_password"):
+        if not hasattr(aioice_ice.Connection(ice_controlling=False), name):
+            problems.append(f"aioice's Connection has no {name}")
+    if not callable(getattr(aioice_ice.StunProtocol, "request", None)):
+        problems.append("aioice's StunProtocol has no request()")
+    if "_connection" not in rtcicetransport.RTCIceTransport.__init__.__code__.co_names:
+        problems.append("RTCIceTransport no longer keeps its aioice _connection")
+    if problems:
+        raise AioiceChanged(
+            "this aiortc / aioice does not match ingest.webrtc.aiortc_compat's round-trip "
+            "measure: " + "; ".join(problems)
+        )
+
+
+ROUND_TRIP_TIMEOUT = 1.0
+"""A STUN round trip slower than this (s) counts as no answer."""
+
+
+async def round_trip(receiver: RTCRtpReceiver) -> float | None:
+    """Seconds a STUN binding request takes on the receiver's nominated ICE pair; ``None`` if it
+    is not connected or no answer came within :data:`ROUND_TRIP_TIMEOUT`."""
+    ice = getattr(receiver.transport, "transport", None)
+    connection = getattr(ice, "_connection", None)
+    if not isinstance(connection, aioice_ice.Connection) or connection.remote_password is None:
+        return None
+    pair = connection._nominated.get(1)
+    if pair is None:
+        return None
+    request = connection.build_request(pair, nominate=False)
+    started = time.monotonic()
+    try:
+        await asyncio.wait_for(
+            pair.protocol.request(
+                request,
+                pair.remote_addr,
+                integrity_key=connection.remote_password.encode("utf8"),
+                retransmissions=0,
+            ),
+            ROUND_TRIP_TIMEOUT,
+        )
+    except (stun.TransactionError, TimeoutError, ConnectionError, OSError):
+        return None
+    return time.monotonic() - started
+
+
+check_round_trip()

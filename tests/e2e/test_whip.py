@@ -292,6 +292,12 @@ async def test_whip_publish_is_forwarded_byte_identical(
             assert health.audio is not None
             assert health.audio.codec == "opus"
             assert health.bitrate_kbps > 0
+            # loss and round trip are measured once a second: wait for the first measure
+            await publisher.until(lambda: whip.rtt_ms is not None and whip.packet_loss is not None)
+            health = w.ParticipantHealth.model_validate(p.health())
+            assert health.packet_loss == 0.0
+            assert health.rtt_ms is not None
+            assert 0 < health.rtt_ms < 1000
             # the publisher ends: left events, the viewer's session ends
             async with httpx.AsyncClient() as http:
                 gone = await http.delete(f"{call.base}{publisher.location}")
