@@ -241,6 +241,7 @@ class Reader:
                 self._episode += lost
                 if not keyframe:
                     self._need_key = True
+                    self._track.request_keyframe()  # a publisher that can make one soon
                     return
                 self._finish_episode("resumed at a keyframe")
             else:
@@ -453,8 +454,9 @@ class Track:
         keyframe; audio: the last :data:`AUDIO_TAIL_MS`), then live units, with no gap or
         duplicate. ``since`` (ms) skips cached units with a pts before it; for video the GOP is
         given whole or not at all. A cached GOP that would not fit in ``max_queue`` is not given.
-        A video reader without a cached GOP starts at the next keyframe. On an ended track the
-        reader raises :class:`TrackEndedError` at once.
+        A video reader without a cached GOP starts at the next keyframe (asked for through
+        :meth:`request_keyframe`, as when a slow reader drops to the next keyframe). On an ended
+        track the reader raises :class:`TrackEndedError` at once.
         """
         if max_queue < 1:
             raise ValueError(f"max_queue must be at least 1, not {max_queue}")
@@ -476,6 +478,8 @@ class Track:
                     cached = [e for e in cached if e[0].pts >= since]
             reader._q.extend(list(cached)[-max_queue:])
         self._readers = [*self._readers, reader]
+        if reader._need_key:
+            self.request_keyframe()  # it starts at the next keyframe: ask for one now
         return reader
 
     def _detach(self, reader: Reader) -> None:

@@ -427,6 +427,8 @@ class ForwardBridge(TrackBridge):
         super().__init__(source, source.config)
         self.kind = source.kind
         self.source_queue = SOURCE_QUEUE_VIDEO if source.kind is Kind.VIDEO else SOURCE_QUEUE_AUDIO
+        # a viewer that needs a keyframe (it joined, or dropped) asks the publisher
+        self.output.keyframe_requester = source.request_keyframe
 
     @property
     def codec(self) -> str:

@@ -355,8 +355,8 @@ def _parse_offer(offer_sdp: str) -> SessionDescription:
 def viewer_track(bridge: TrackBridge) -> HubPacketTrack:
     """A new viewer's own track on a bridge's output (bounded reader; video from the GOP)."""
     if isinstance(bridge, ForwardBridge):
-        # forwarded video starts at the next keyframe, which the join asks the publisher for
-        # (no backlog of a long GOP): see add_viewer_track
+        # forwarded video starts at the next keyframe, which subscribing asks the publisher for
+        # (no backlog of a long GOP)
         reader = bridge.output.subscribe(
             max_queue=VIEWER_QUEUE_VIDEO if bridge.kind is Kind.VIDEO else VIEWER_QUEUE_AUDIO,
             from_gop=False,
@@ -393,9 +393,9 @@ def add_viewer_track(
     transceiver = pc.addTransceiver(track, direction="sendonly")
     install_packer(transceiver.sender, track.packer())
     if isinstance(bridge, ForwardBridge) and bridge.kind is Kind.VIDEO:
-        # the viewer's PLI / FIR, and its join, ask the publisher (merged, rate-limited)
+        # the viewer's PLI / FIR ask the publisher (merged, rate-limited); so did its join (its
+        # reader waits for a keyframe: Track.subscribe asks for one)
         on_keyframe_request(transceiver.sender, bridge.source.request_keyframe)
-        bridge.source.request_keyframe()
     return track, transceiver
 
 

@@ -9,7 +9,7 @@ import pytest
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 
-from ingest.media.units import Kind, MediaUnit
+from ingest.media.units import AudioConfig, Kind, MediaUnit
 from ingest.webrtc.forwarding import (
     ASSEMBLY_MAX_PENDING,
     ASSEMBLY_MAX_WAIT_S,
@@ -220,3 +220,26 @@ def test_forward_packer_sends_the_payloads_as_received() -> None:
     assert pts == 3600
     with pytest.raises(TypeError, match="no RTP payloads"):
         packer.pack(UnitPacket(MediaUnit(Kind.VIDEO, "h264", 0, 0, b"x"), 0, Fraction(1, 90_000)))
+
+
+def test_a_video_reader_waiting_for_a_keyframe_asks_the_publisher() -> None:
+    from ingest.media.hub import Track
+    from ingest.media.units import VideoConfig
+
+    asked: list[str] = []
+    track = Track("t:c", "p", "u", Kind.VIDEO, VideoConfig("vp8", b"", forwarded=True))
+    track.keyframe_requester = lambda: asked.append("key")
+    track.subscribe(max_queue=4)  # nothing cached: it waits for a keyframe
+    assert asked == ["key"]
+    track.push(MediaUnit(Kind.VIDEO, "vp8", 0, 0, b"k", True, payloads=(b"k",)))
+    track.subscribe(max_queue=4)  # starts at the cached keyframe: no request
+    assert asked == ["key"]
+    slow = track.subscribe(max_queue=2)
+    for i in range(1, 4):  # the slow reader overflows on a delta frame: drops to a keyframe
+        track.push(MediaUnit(Kind.VIDEO, "vp8", i, i, b"d", False, payloads=(b"d",)))
+    assert slow.dropped > 0
+    assert asked == ["key", "key"]
+    audio = Track("t:c", "p", "u", Kind.AUDIO, AudioConfig("opus", b"", forwarded=True))
+    audio.keyframe_requester = lambda: asked.append("audio")
+    audio.subscribe()
+    assert asked == ["key", "key"]  # audio never waits for a keyframe
