@@ -65,6 +65,9 @@ MIN_FPS = 29.0
 """A viewer below this many video frames per second (the input has 30) has fallen behind."""
 PROBE_PROCESSES = 2
 """Viewer processes (viewers are spread over them round robin)."""
+STEADY_TIMEOUT = 10.0
+"""After the warm-up, at most this long for every viewer to be at the live edge (no viewer over
+``FPS + 2`` frames in a second: the GOP a viewer starts with is sent faster than real time)."""
 START_TIMEOUT = 40.0
 """For a server to answer, a viewer to get its first packet."""
 
@@ -352,8 +355,17 @@ async def _probes() -> AsyncIterator[_Probes]:
 async def _measure(
     system: str, streams: int, viewers: int, pids: Sequence[int], probes: _Probes, plan: Plan
 ) -> Sample:
-    """Warm up, then CPU, RSS and what the viewers received over one window."""
+    """Warm up until every viewer is at the live edge, then CPU, memory and what the viewers
+    received over one window."""
     await asyncio.sleep(plan.warmup)
+    deadline = time.monotonic() + STEADY_TIMEOUT
+    before = await probes.stats()
+    while time.monotonic() < deadline:  # a viewer still draining its start backlog: wait
+        await asyncio.sleep(1.0)
+        now = await probes.stats()
+        if all(b[0] - a[0] <= FPS + 2 for a, b in zip(before, now, strict=True)):
+            break
+        before = now
     before = await probes.stats()
     cpu0 = sum(proc_cpu_seconds(p) for p in pids)
     wall0 = time.perf_counter()
@@ -835,6 +847,9 @@ async def _run(
                         log(f"compare, run {i + 1}/{plan.runs} (1 stream, 1 viewer)…")
                         report.compare += await both(1, 1, False)
                 if scale:
+                    if compare:  # each phase on a fresh server: no state left by the last
+                        await ours.stop()
+                        await ours.start()
                     for n in plan.streams:
                         log(f"scale: {n} stream(s), one viewer each…")
                         a, b = await both(n, 1, False)
@@ -842,6 +857,8 @@ async def _run(
                         if not (a.ok(plan.min_fps) and b.ok(plan.min_fps)):
                             log(f"  one system fell behind at {n} streams: stopping here")
                             break
+                    await ours.stop()
+                    await ours.start()
                     for k in plan.fanout:
                         log(f"fan-out: 1 stream, {k} viewer(s)…")
                         report.fanout += await both(1, k, True)
