@@ -36,6 +36,7 @@ PAGES: dict[str, tuple[str, str]] = {
     "/samples/host.html": ("host.html", "text/html; charset=utf-8"),
     "/samples/viewer.html": ("viewer.html", "text/html; charset=utf-8"),
     "/samples/whep-player.html": ("whep-player.html", "text/html; charset=utf-8"),
+    "/samples/latency.html": ("latency.html", "text/html; charset=utf-8"),
 }
 """Route -> (file in samples/, content type). Nothing else is served."""
 HLS_JS_ROUTE = "/vendor/hls.min.js"

@@ -2,7 +2,8 @@
 served by the server and driven in headless Chromium with a fake camera and microphone: two host
 pages publish over WHIP and go live, an ffmpeg RTMP push joins them, the viewer page plays all
 three over WebRTC (frames advancing in each), then switches to HLS; a reaction from the viewer
-reaches the hosts. Screenshots go to ``$INGEST_TEST_ARTIFACTS`` (default: the test's tmp dir)."""
+reaches the hosts. Screenshots go to ``$INGEST_TEST_ARTIFACTS`` (default: the test's tmp dir).
+The glass-to-glass bench (``python -m ingest.glass``) runs once, briefly, with generous bounds."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 from playwright.async_api import BrowserContext, Page, async_playwright
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
+from ingest import glass
 from ingest.app import App
 from tests.e2e.browser import CHROMIUM_ARGS, chromium_path
 from tests.e2e.media import MEDIA_DIR, make_flv, push
@@ -265,3 +267,18 @@ async def test_dev_token_makes_a_host_in_development_mode(
         bad = await http.post(f"{base}/api/v2/dev/token", json={"user_id": "x", "role": "admin"})
         assert bad.status_code == 400
         assert "role must be one of" in bad.json()["message"]
+
+
+GLASS_MARGIN_MS = {"rtmp -> WebRTC": 2000.0, "whip -> WebRTC": 2000.0, "rtmp -> LL-HLS": 8000.0}
+"""Generous bounds for a busy machine: the targets are judged by ``python -m ingest.glass``."""
+
+
+async def test_glass_to_glass_is_measured_in_the_browser_for_every_path(tmp_path: Path) -> None:
+    rows = await glass.measure(seconds=3, data_dir=tmp_path / "glass")
+    assert [r.name for r in rows] == list(glass.TARGETS_MS)
+    for row in rows:
+        assert row.frames >= glass.MIN_SAMPLES, row
+        assert row.p50_ms is not None, row
+        assert row.p95_ms is not None, row
+        assert 0 <= row.p50_ms <= row.p95_ms < GLASS_MARGIN_MS[row.name], row
+    (artifacts(tmp_path) / "glass.md").write_text(glass.table(rows) + "\n")
