@@ -712,3 +712,42 @@ async def test_lost_packets_are_resent_from_the_viewers_send_history(call: Call)
     finally:
         await viewer.close()
         await publisher.close()
+
+
+async def test_a_whip_host_reaches_hls_through_the_composite(server: App, tmp_path: Any) -> None:
+    """HLS cannot carry VP8 / Opus as they are: the WHIP host is decoded into the composite
+    (the only decoder of its media on the server), and the playlist's segments are H.264."""
+    import re
+
+    from tests.e2e.egress_helpers import CALL_ID, CALL_TYPE, CID, ffprobe, open_api
+
+    publisher = Publisher(token("alice"))
+    try:
+        async with open_api(server) as api:
+            await api.setup(("alice",))
+            url = f"http://127.0.0.1:{server.http_port}/whip/{CALL_TYPE}/{CALL_ID}"
+            assert (await publisher.publish(url)).status_code == 201
+            await publisher.until(lambda: len(publisher.keyframes_sent) >= 1)
+            with server.bus.subscribe(CID) as sub:
+                await api.go_live(start_hls=True)
+                await wait_event(sub, "call.hls_broadcasting_started", within=30)
+            assert server.egress is not None
+            program = server.egress.programs[CID]
+            assert program.composite is not None
+            playlist_url = server.egress.playlist_url(CID)
+            async with httpx.AsyncClient(timeout=30) as http:
+                text = (await http.get(playlist_url, params={"_HLS_msn": 1})).text
+                base = playlist_url.rsplit("/", 1)[0]
+                init_uri = re.findall(r'#EXT-X-MAP:URI="([^"]+)"', text)[-1]
+                segment = re.findall(r"(seg-\d+\.m4s)", text)[-1]
+                init = (await http.get(f"{base}/{init_uri}")).content
+                data = (await http.get(f"{base}/{segment}")).content
+            path = tmp_path / "whip-hls.mp4"
+            path.write_bytes(init + data)
+            info = await ffprobe("-show_streams", str(path))
+            codecs = sorted(s["codec_name"] for s in info["streams"])
+            assert codecs == ["aac", "h264"]
+            assert program.composite.compositor is not None
+            assert program.composite.compositor.decode_errors == 0
+    finally:
+        await publisher.close()
