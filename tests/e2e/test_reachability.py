@@ -197,3 +197,31 @@ async def test_webrtc_binds_only_within_the_port_range(
         finally:
             proc.terminate()
             await finish(proc)
+
+
+async def test_a_host_page_over_https_gets_a_camera_and_publishes(
+    app_factory: Any, certs: tuple[Path, Path]
+) -> None:
+    from playwright.async_api import async_playwright
+
+    from tests.e2e.browser import CHROMIUM_ARGS, chromium_path
+    from tests.e2e.test_apps import FAKE_MEDIA, open_host
+
+    cert, key = certs
+    app: App = await app_factory(
+        api_key=None, api_secret=None, https=True, tls_cert_file=cert, tls_key_file=key
+    )  # development mode: the page gets its token from the server
+    base = f"https://127.0.0.1:{app.http_port}"
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=chromium_path(), headless=True, args=[*CHROMIUM_ARGS, *FAKE_MEDIA]
+        )
+        try:
+            # the self-signed certificate is accepted by the test, as a user would accept it
+            context = await browser.new_context(ignore_https_errors=True)
+            page = await open_host(context, base, "secure", "alice")  # camera, then WHIP
+            assert await page.evaluate("() => window.isSecureContext") is True
+            participants = app.calls.list_participants("livestream:secure")
+            assert [(p.user_id, p.source) for p in participants] == [("alice", "whip")]
+        finally:
+            await browser.close()
