@@ -751,3 +751,20 @@ async def test_a_whip_host_reaches_hls_through_the_composite(server: App, tmp_pa
             assert program.composite.compositor.decode_errors == 0
     finally:
         await publisher.close()
+
+
+async def test_ice_servers_are_announced_in_link_headers(app_factory: Any) -> None:
+    """RFC 9725 4.6: the preflight announces the STUN/TURN servers, TURN with minted credentials,
+    so a browser page can gather relay candidates before its (non-trickle) offer."""
+    app = await app_factory(
+        ice_servers=["stun:stun.example:3478", "turn:turn.example:3478?transport=udp"],
+        turn_secret="0123456789abcdef0123456789abcdef",
+    )
+    async with httpx.AsyncClient() as http:
+        resp = await http.options(f"http://127.0.0.1:{app.http_port}/whip/livestream/show")
+    assert resp.status_code == 204
+    links = resp.headers["link"]
+    assert '<stun:stun.example:3478>; rel="ice-server"' in links
+    assert '<turn:turn.example:3478?transport=udp>; rel="ice-server"; username="' in links
+    assert 'credential="' in links
+    assert "Link" in resp.headers["access-control-expose-headers"]
