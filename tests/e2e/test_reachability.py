@@ -225,3 +225,36 @@ async def test_a_host_page_over_https_gets_a_camera_and_publishes(
             assert [(p.user_id, p.source) for p in participants] == [("alice", "whip")]
         finally:
             await browser.close()
+
+
+async def test_ice_servers_reach_every_kind_of_client(app_factory: Any) -> None:
+    import json
+
+    from websockets.asyncio.client import connect
+
+    app: App = await app_factory(
+        ice_servers="stun:turn.test:3478,turn:turn.test:3478?transport=udp",
+        turn_secret="s3cret",
+        turn_credential_ttl=600,
+    )
+    async with livestream(app, "livestream", "ice") as call:
+        await call.go_live()
+        # the call WebSocket's joined message
+        url = (
+            f"ws://127.0.0.1:{app.http_port}/video/connect?api_key={API_KEY}"
+            f"&call_type=livestream&call_id=ice&token={user_token('viewer')}"
+        )
+        async with connect(url) as ws:
+            joined = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert joined["type"] == "joined"
+        stun, turn = joined["ice_servers"]
+        assert stun == {"urls": ["stun:turn.test:3478"]}
+        assert turn["urls"] == ["turn:turn.test:3478?transport=udp"]
+        assert turn["username"].endswith(":viewer")
+        assert int(turn["username"].split(":")[0]) > 0
+        # WHEP announces them before the offer (OPTIONS) in Link headers (RFC 9725)
+        async with httpx.AsyncClient() as http:
+            options = await http.options(call.whep())
+        links = options.headers["link"]
+        assert '<stun:turn.test:3478>; rel="ice-server"' in links
+        assert 'credential-type="password"' in links
