@@ -7,8 +7,10 @@ The glass-to-glass bench (``python -m ingest.glass``) runs once, briefly, with g
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,8 @@ from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 from ingest import glass
 from ingest.app import App
+from ingest.calls.tokens import verify_token
+from ingest.pages import DEV_TOKEN_TTL
 from tests.e2e.browser import CHROMIUM_ARGS, chromium_path
 from tests.e2e.media import MEDIA_DIR, make_flv, push
 
@@ -256,6 +260,11 @@ async def test_dev_token_makes_a_host_in_development_mode(
     base = f"http://127.0.0.1:{server.http_port}"
     body = await host_token(base, "alice", "devcall")
     assert body["api_key"] == server.creds.api_key
+    claims = verify_token(body["token"], server.creds.api_secret)
+    assert claims.user_id == "alice"
+    assert claims.expires_at is not None
+    assert body["expires_in"] == DEV_TOKEN_TTL
+    assert abs(claims.expires_at - time.time() - DEV_TOKEN_TTL) < 60
     async with httpx.AsyncClient() as http:
         call = await http.get(
             f"{base}/api/v2/video/call/livestream/devcall",
@@ -282,3 +291,22 @@ async def test_glass_to_glass_is_measured_in_the_browser_for_every_path(tmp_path
         assert row.p95_ms is not None, row
         assert 0 <= row.p50_ms <= row.p95_ms < GLASS_MARGIN_MS[row.name], row
     (artifacts(tmp_path) / "glass.md").write_text(glass.table(rows) + "\n")
+
+
+TSC = Path(__file__).parents[2] / "samples" / "node_modules" / ".bin" / "tsc"
+
+
+async def test_ingest_js_type_checks_with_its_jsdoc() -> None:
+    """ingest.js is typed by its JSDoc: tsc --checkJs --strict finds nothing to say."""
+    if not TSC.exists():
+        pytest.fail(f"{TSC} is missing: run scripts/test (npm ci in samples/ installs it)")
+    proc = await asyncio.create_subprocess_exec(
+        str(TSC),
+        *("--allowJs", "--checkJs", "--strict", "--noEmit"),
+        *("--target", "es2022", "--module", "es2022", "--lib", "es2022,dom"),
+        str(TSC.parents[2] / "ingest.js"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, out.decode()
