@@ -428,9 +428,6 @@ class WhipIngress:
         publisher.finish("the publisher ended the session")
         await publisher.pc.close()
 
-    def publishers_list(self) -> list[WhipPublisher]:
-        return list(self.sessions.values())
-
     async def stop(self) -> None:
         publishers = list(self.sessions.values())
         self.sessions.clear()

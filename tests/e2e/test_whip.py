@@ -539,8 +539,9 @@ async def test_a_viewer_that_cannot_decode_vp8_is_told_so(call: Call) -> None:
         await publisher.close()
 
 
+@pytest.mark.parametrize("codec", ["VP8", "H264"])
 async def test_rtmp_and_whip_hosts_in_one_call_over_the_call_websocket(
-    server: App, monkeypatch: pytest.MonkeyPatch
+    server: App, monkeypatch: pytest.MonkeyPatch, codec: str
 ) -> None:
     """One call-WebSocket client subscribes to an ffmpeg RTMP host and an aiortc WHIP host and
     decodes both; joined / left events as each starts and stops."""
@@ -570,7 +571,7 @@ async def test_rtmp_and_whip_hosts_in_one_call_over_the_call_websocket(
     )
     MEDIA_DIR.mkdir(exist_ok=True)
     clip = make_flv(MEDIA_DIR / "signaling-320x240.flv", seconds=2.0, size="320x240")
-    publisher = Publisher(token("alice"))
+    publisher = Publisher(token("alice"), codec)
     url = f"http://127.0.0.1:{server.http_port}/whip/{CALL_TYPE}/{CALL_ID}"
     try:
         async with client(ws_url(server, user="carol")) as c:
@@ -585,7 +586,7 @@ async def test_rtmp_and_whip_hosts_in_one_call_over_the_call_websocket(
                 for user in ("alice", "bob"):
                     offer = await c.expect(typed("offer", user_session_id=sessions[user]))
                     assert offer["tracks"] == ["audio", "video"]
-                    assert ("VP8" if user == "alice" else "H264") in offer["sdp"]
+                    assert (codec if user == "alice" else "H264") in offer["sdp"]
                 await c.until_frames(sessions["alice"], 15)
                 await c.until_frames(sessions["bob"], 15)
                 # one publishing layer: one list of live publishers for both front ends
