@@ -169,6 +169,7 @@ class WhipPublisher(LivePublisher):
         self.connected = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stats_task: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         if "video" in codecs:
             video = codecs["video"]
             fields: dict[str, Any] = {}
@@ -338,8 +339,9 @@ class WhipPublisher(LivePublisher):
     def on_finish(self) -> None:
         self.keyframes.close()
         self.ingress.forget(self)
-        if self._stats_task is not None:
-            self._stats_task.cancel()
+        for task in (self._stats_task, self._watchdog):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
 
 
 class WhipIngress:
@@ -455,8 +457,9 @@ class WhipIngress:
                 if not publisher.closed:
                     publisher.disconnect("did not connect in time")
 
-        publisher._spawn(watchdog())
-        publisher._stats_task = asyncio.get_running_loop().create_task(publisher._read_stats())
+        loop = asyncio.get_running_loop()
+        publisher._watchdog = loop.create_task(watchdog())
+        publisher._stats_task = loop.create_task(publisher._read_stats())
 
 
 def build_whip_router(ingress: WhipIngress) -> Any:
