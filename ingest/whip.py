@@ -447,15 +447,23 @@ class WhipIngress:
             state = pc.connectionState
             if state == "connected":
                 publisher.connected.set()
-            elif state in ("failed", "closed") and not publisher.closed:
-                publisher.disconnect(f"connection {state}")
+            elif state == "failed" and not publisher.closed:
+                publisher.fail(  # ingress.error, then the publish ends
+                    "the WebRTC connection failed (ICE or DTLS): check that the publisher can "
+                    "reach the server's UDP ports, or configure TURN"
+                )
+            elif state == "closed" and not publisher.closed:
+                publisher.disconnect("connection closed")
 
         async def watchdog() -> None:
             try:
                 await asyncio.wait_for(publisher.connected.wait(), self.connect_timeout)
             except TimeoutError:
                 if not publisher.closed:
-                    publisher.disconnect("did not connect in time")
+                    publisher.fail(
+                        f"did not connect within {self.connect_timeout:g} s: the publisher must "
+                        "apply the answer and reach one of its candidates (UDP)"
+                    )
 
         loop = asyncio.get_running_loop()
         publisher._watchdog = loop.create_task(watchdog())

@@ -618,8 +618,11 @@ async def test_a_publisher_that_never_connects_is_dropped(call: Call) -> None:
         with call.app.bus.subscribe("livestream:show") as sub:
             resp = await publisher.publish(whip_url(call), apply_answer=False)  # never connects
             assert resp.status_code == 201
+            error = await wait_event(sub, "ingress.error")
+            assert error["ingress"] == "whip"
+            assert error["error"].startswith("did not connect within 0.5 s")
             stopped = await wait_event(sub, "ingress.stopped")
-            assert stopped["reason"] == "did not connect in time"
+            assert stopped["reason"] == error["error"]
         assert call.app.whip.sessions == {}
         assert call.app.calls.list_participants("livestream:show") == []
     finally:
