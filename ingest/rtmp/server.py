@@ -20,10 +20,11 @@ Admission, before anyone is authenticated (what one hostile client may hold):
 - When all ``max_connections`` are taken, a new connection closes the oldest connection whose
   publish is not accepted yet and that is older than ``eviction_age`` (a publisher mid-admission
   is spared); if there is none, the new connection is refused.
-- An unadmitted peer is read :data:`READ_SIZE_BEFORE_PUBLISH` bytes per event-loop turn, and
-  the sans-I/O connection closes it after
-  :data:`~ingest.rtmp.connection.MAX_INPUT_BEFORE_PUBLISH` bytes: flooding costs little CPU
-  and delays others little.
+- Unadmitted peers share :data:`PREAUTH_SLICE` of each event-loop turn (what they send beyond
+  it waits a turn, with reading paused; those that sent under :data:`LIGHT_BYTES` first), are
+  read :data:`READ_SIZE_BEFORE_PUBLISH` bytes at a time, and the sans-I/O connection closes
+  them after :data:`~ingest.rtmp.connection.MAX_INPUT_BEFORE_PUBLISH` bytes: a flood leaves
+  the API and publishers their turns.
 - Output back-pressure: a peer that lets more than ``max_write_buffer`` bytes of replies pile up
   (it does not read) is closed. Memory per unauthenticated connection is bounded by the
   sans-I/O connection (:data:`~ingest.rtmp.connection.MAX_BYTES_BEFORE_PUBLISH`).
@@ -78,8 +79,8 @@ EVICTION_AGE = 1.0  # seconds; a full server closes unadmitted connections at le
 MAX_WRITE_BUFFER = 64 * 1024  # bytes of replies the peer has not read; more closes it
 READ_SIZE = 256 * 1024  # bytes read from a publishing peer per event-loop turn
 READ_SIZE_BEFORE_PUBLISH = 4096  # the same before its publish is accepted: turns stay short
-LIGHT_BYTES = 16 * 1024  # an unadmitted peer that sent more is served only within PREAUTH_SLICE
-PREAUTH_SLICE = 0.005  # seconds per event-loop turn for such heavy talkers; the rest waits a turn
+PREAUTH_SLICE = 0.005  # seconds per event-loop turn for peers without an accepted publish ...
+LIGHT_BYTES = 8 * 1024  # ... where those that sent less than this (OBS: ~2 KB) go first
 SEND_BUFFER = 32 * 1024  # SO_SNDBUF: kernel memory for a peer that does not read (we send little)
 LOG_BURST = 20  # lines about connections without an accepted publish per LOG_WINDOW ...
 LOG_WINDOW = 10.0  # ... seconds; the rest are counted and summed up in one line (attack floods)
@@ -196,7 +197,8 @@ class _Peer(asyncio.BufferedProtocol):
         self._registered = False
         self._session: PublishSession | None = None
         self._publish_seen = False
-        self._decision: asyncio.Task[None] | None = None
+        self._decision: asyncio.Task[None] | None = None  # a refusal being answered
+        self._requested: PublishRequested | None = None  # queued or being decided
         self._deciding = False  # the handler is deciding (not cancelled when the peer leaves)
         self._pending_counted = False
         self._admitted = False
@@ -246,17 +248,18 @@ class _Peer(asyncio.BufferedProtocol):
         server = self._server
         if self._held is not None:  # bytes wait for their turn: these go behind them
             self._held += data
-        elif self._admitted or self._conn.bytes_received < LIGHT_BYTES:
-            self.data_received(data)  # publishers, and peers that sent as little as OBS does
+        elif self._admitted:
+            self.data_received(data)
             return
         elif server._slice_left():
             start = time.perf_counter()
             self.data_received(data)
             server._slice_spent(time.perf_counter() - start)
             return
-        else:  # a heavy talker beyond this turn's slice: keep the bytes, wait in line
+        else:  # beyond this turn's slice: keep the bytes, wait in line (light talkers first)
             self._held = data
-            server._waiting.append(self)
+            light = self._conn.bytes_received < LIGHT_BYTES
+            (server._waiting_light if light else server._waiting).append(self)
             server._schedule_turn()
         assert self._transport is not None
         if self._transport.is_reading():
@@ -349,29 +352,23 @@ class _Peer(asyncio.BufferedProtocol):
             return
         server._pending[self.address] = pending + 1
         self._pending_counted = True
-        server._changed()
-        self._decision = server._spawn(self._authorize(event))
+        self._requested = event
+        server._queue_decision(self)
 
     def _release_pending(self) -> None:
         if self._pending_counted:
             self._pending_counted = False
             self._server._release(self._server._pending, self.address)
 
-    async def _authorize(self, event: PublishRequested) -> None:
+    async def _decide(self) -> None:
+        """Ask the handler (called by a decision runner, in arrival order)."""
+        event = self._requested
+        assert event is not None
         server = self._server
         request = PublishRequest(event.app, event.stream_key, self.peer)
+        self._deciding = True
         try:
-            try:
-                async with server._gate:
-                    if self._closing:  # left while queued
-                        return
-                    self._deciding = True
-                    try:
-                        session = await server.handler.on_publish(request, self.disconnect)
-                    finally:
-                        self._deciding = False
-            finally:
-                self._release_pending()
+            session = await server.handler.on_publish(request, self.disconnect)
         except Exception as e:
             if isinstance(e, IngestError):
                 code, description = status_code(e), e.message
@@ -386,10 +383,14 @@ class _Peer(asyncio.BufferedProtocol):
             else:
                 code, description = "NetStream.Publish.Failed", "Internal server error."
                 log.exception("publish handler failed for %s", self.peer)
-            await self._refuse(event, code, description)
+            if not self._closing:
+                self._decision = server._spawn(self._refuse(event, code, description))
             return
+        finally:
+            self._deciding = False
+            self._release_pending()
         if self._closing:
-            await session.on_close(self._close_reason)
+            server._spawn(session.on_close(self._close_reason))
             return
         self._session = session
         self._admitted = True
@@ -446,7 +447,7 @@ class _Peer(asyncio.BufferedProtocol):
 
     def _idle_check(self) -> None:
         idle = self._server.idle_timeout
-        if (self._decision is not None and not self._admitted) or self._awaiting_media:
+        if (self._publish_seen and not self._admitted) or self._awaiting_media:
             self._schedule_idle(idle)
             return
         silent = self._loop.time() - self._last_rx
@@ -544,7 +545,7 @@ class _Peer(asyncio.BufferedProtocol):
             and not decision.done()
             and decision is not asyncio.current_task()
         ):
-            decision.cancel()  # queued, or waiting to answer a refusal: nobody to answer
+            decision.cancel()  # waiting to answer a refusal: nobody to answer
         if not self._deciding:  # otherwise released when the handler returns
             self._release_pending()
         session, self._session = self._session, None
@@ -598,13 +599,16 @@ class RTMPServer:
         self._unadmitted: dict[_Peer, None] = {}  # oldest first
         self._by_address: dict[str, int] = {}  # open connections per address_key
         self._pending: dict[str, int] = {}  # publish decisions queued or running per address_key
-        self._gate = asyncio.Semaphore(max_decisions)
+        self._decisions: deque[_Peer] = deque()  # publishes waiting for a decision runner
+        self._runners = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._waiters: list[asyncio.Future[None]] = []
         self._read_view = memoryview(bytearray(READ_SIZE))
         self.quiet = LogLimiter()  # what unauthenticated peers make us log
         self.publishes_refused = 0  # answered with a refusal, since start
-        self._waiting: deque[_Peer] = deque()  # heavy unadmitted peers with held bytes
+        self.connections_accepted = 0  # taken in (not refused at once), since start
+        self._waiting_light: deque[_Peer] = deque()  # unadmitted peers with held bytes that
+        self._waiting: deque[_Peer] = deque()  # sent less than LIGHT_BYTES, and the others
         self._slice_used = 0.0
         self._turn_scheduled = False
 
@@ -672,11 +676,42 @@ class RTMPServer:
                 self.max_connections,
             )
             victim._close("the server is full; the oldest connection without a publish made room")
+        self.connections_accepted += 1
         self._peers.add(peer)
         self._unadmitted[peer] = None
         self._by_address[peer.address] = open_here + 1
         self._changed()
         return True
+
+    # -- publish decisions: at most max_decisions runners, each takes the queue in order ------
+
+    def _queue_decision(self, peer: _Peer) -> None:
+        self._decisions.append(peer)
+        self._changed()
+        if self._runners < self.max_decisions:
+            self._runners += 1
+            self._spawn(self._run_decisions())
+
+    async def _run_decisions(self) -> None:
+        """Decide queued publishes one after the other. A decision answered from the caches
+        completes without yielding, so a runner takes many per turn (yielding after
+        PREAUTH_SLICE); one that waits for the database holds only this runner."""
+        try:
+            start = time.perf_counter()
+            while self._decisions:
+                peer = self._decisions.popleft()
+                if peer._closing:  # it left while queued: nobody to decide for
+                    continue
+                try:
+                    await peer._decide()
+                except Exception:  # a bug must not stop the queue
+                    log.exception("publish decision for %s failed", peer.peer)
+                    peer._close("internal error")
+                if time.perf_counter() - start > self.preauth_slice:
+                    await asyncio.sleep(0)
+                    start = time.perf_counter()
+        finally:
+            self._runners -= 1
 
     # -- the pre-auth time slice: heavy unadmitted talkers share PREAUTH_SLICE per turn ----------
 
@@ -695,15 +730,15 @@ class RTMPServer:
     def _next_turn(self) -> None:
         self._turn_scheduled = False
         self._slice_used = 0.0
-        waiting = self._waiting
-        while waiting:  # at least one per turn, however short the slice
-            peer = waiting.popleft()
+        light, heavy = self._waiting_light, self._waiting
+        while light or heavy:  # at least one per turn, however short the slice
+            peer = light.popleft() if light else heavy.popleft()
             start = time.perf_counter()
             peer._serve_held()
             self._slice_spent(time.perf_counter() - start)
             if not self._slice_left():
                 break
-        if waiting:
+        if light or heavy:
             self._schedule_turn()
 
     def _release(self, counts: dict[str, int], key: str) -> None:

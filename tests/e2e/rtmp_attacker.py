@@ -28,7 +28,7 @@ from ingest.rtmp.messages import CommandMessage, MessageType, UserControl
 from tests.unit.rtmp.client import Client
 
 TRICKLE_INTERVAL = 2.0
-ATTACKER_NICE = 10
+ATTACKER_NICE = 5
 HANDSHAKE = b"\x03" + bytes(HANDSHAKE_SIZE)  # C0 + C1 (simple handshake)
 
 
