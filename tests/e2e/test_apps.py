@@ -193,7 +193,49 @@ async def test_hosts_publish_go_live_and_the_viewer_plays_them_all(
                     "() => window.host.feed.some(f => f.kind === 'reaction' && f.user === 'vera')",
                     timeout=SETUP_MS,
                 )
+            # a message from a host reaches the viewer
+            await bob.fill("#message", "hi from bob")
+            await bob.click("#send")
+            await viewer.wait_for_function(
+                "() => window.viewer.feed.some(f => f.text === 'hi from bob' && f.user === 'bob')",
+                timeout=SETUP_MS,
+            )
             await alice.screenshot(path=str(out / "host.png"), full_page=True)
+
+            # tokens are never shown in clear
+            for page, state in ((alice, "host"), (bob, "host"), (viewer, "viewer")):
+                token = await page.evaluate(f"() => window.{state}.client.token")
+                assert token not in await page.inner_text("body")
+                assert await page.get_attribute("#token", "type") == "password"
+
+            # the client's errors carry the server's code and message: a viewer may not go live
+            refused = await viewer.evaluate(
+                """async () => { try { await window.viewer.client.goLive('livestream', 'apps'); }
+                                 catch (e) { return [e.name, e.code, e.status, e.message]; } }"""
+            )
+            assert refused[:3] == ["IngestError", 17, 403], refused
+            assert "may not update call" in refused[3]
+
+            # ingest.js watches one publisher over WHEP too
+            whep_frames = await viewer.evaluate(
+                """async () => {
+                    const client = window.viewer.client;
+                    const playback = await client.watch('livestream', 'apps', 'carol');
+                    const video = document.createElement('video');
+                    video.muted = true; video.autoplay = true; video.srcObject = playback.stream;
+                    document.body.append(video);
+                    await new Promise((resolve) => {
+                        const tick = () => video.getVideoPlaybackQuality().totalVideoFrames > 10
+                            ? resolve() : video.requestVideoFrameCallback(tick);
+                        video.requestVideoFrameCallback(tick);
+                    });
+                    const n = video.getVideoPlaybackQuality().totalVideoFrames;
+                    await playback.stop();
+                    video.remove();
+                    return n;
+                }"""
+            )
+            assert whep_frames > 10
 
             # hosts leaving: the viewer's grid follows
             for host in (alice, bob):
