@@ -158,6 +158,19 @@ async def test_hosts_publish_go_live_and_the_viewer_plays_them_all(
             assert await frames(viewer, "#grid video") == []
 
             bob = await open_host(context, base, call_id, "bob")
+            # device choice: another microphone replaces the published track in place
+            options = "#microphone option"
+            mics = await bob.eval_on_selector_all(options, "os => os.map(o => o.value)")
+            assert len(mics) > 1, mics  # Chromium's fake devices: several microphones
+            await bob.select_option("#microphone", mics[-1])
+            await bob.wait_for_function(
+                """(id) => { const pc = window.host.publication.pc;
+                     const a = pc.getSenders().find(s => s.track && s.track.kind === 'audio');
+                     return a.track.getSettings().deviceId === id
+                       && pc.connectionState === 'connected'; }""",
+                arg=mics[-1],
+                timeout=SETUP_MS,
+            )
             carol = await host_token(base, "carol", call_id)
             state = await alice.evaluate("() => window.host.state.call.ingress.rtmp.address")
             proc = await push(f"{state}/{carol['token']}", flv, realtime=True, loop=True)
@@ -259,6 +272,10 @@ async def test_hosts_publish_go_live_and_the_viewer_plays_them_all(
             await wait_playing(viewer, "#hlsVideo", 1)
             assert await frames(viewer, "#grid video") == []  # WebRTC tiles closed
             await viewer.screenshot(path=str(out / "viewer-hls.png"))
+            # and back to WebRTC
+            await viewer.click("#webrtc")
+            await wait_playing(viewer, "#grid video", 1)
+            assert await viewer.evaluate("() => window.viewer.hlsPlayer") is None
             assert await viewer.evaluate("() => window.viewer.errors") == []
             for host in (alice, bob):
                 assert await host.evaluate("() => window.host.errors") == []
