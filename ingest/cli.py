@@ -350,5 +350,22 @@ def bench_scale(
     _bench_output([], report, as_json, markdown_path, plot_path)
 
 
+@bench.command("glass")
+@click.option("--seconds", type=float, default=15.0, show_default=True, help="Measuring per row.")
+@click.option("--json", "as_json", is_flag=True, help="Rows as JSON.")
+def bench_glass(seconds: float, as_json: bool) -> None:
+    """Glass-to-glass latency measured in headless Chromium (pixel-block timestamps read back from
+    the decoded video): RTMP -> WebRTC, WHIP -> WebRTC, RTMP -> LL-HLS, p50/p95 against the
+    targets. Needs Playwright (the 'test' extra) and Chromium; about a minute (ingest/glass.py)."""
+    import asyncio
+
+    from . import glass
+
+    rows = asyncio.run(glass.measure(seconds))
+    click.echo(glass.render(rows, as_json=as_json))
+    if not all(row.meets for row in rows):
+        raise SystemExit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,4 +1,5 @@
-"""Glass-to-glass latency measured in a browser: ``python -m ingest.glass [--seconds S] [--json]``.
+"""Glass-to-glass latency measured in a browser: ``ingest bench glass [--seconds S] [--json]``
+(or ``python -m ingest.glass``).
 
 A browser bench next to ``ingest bench``: an in-process server (development mode, loopback),
 headless Chromium (the system's, driven by Playwright: the ``test`` extra) and three rows:
@@ -143,7 +144,7 @@ def summarize(samples: dict[str, list[float]], unreadable: dict[str, int]) -> li
                 len(values),
                 unreadable.get(name, 0),
                 statistics.median(values) if enough else None,
-                values[min(len(values) - 1, int(0.95 * len(values)))] if enough else None,
+                float(values[min(len(values) - 1, int(0.95 * len(values)))]) if enough else None,
                 target,
             )
         )
@@ -305,11 +306,15 @@ def main(argv: list[str] | None = None) -> int:
             push(args.url, args.seconds)
         return 0
     rows = asyncio.run(measure(args.seconds))
-    if args.json:
-        print(json.dumps([{**r.__dict__, "meets": r.meets} for r in rows], indent=2))
-    else:
-        print(table(rows))
+    print(render(rows, as_json=args.json))
     return 0 if all(r.meets for r in rows) else 1
+
+
+def render(rows: list[Row], *, as_json: bool = False) -> str:
+    """The rows as a markdown table, or as JSON."""
+    if as_json:
+        return json.dumps([{**r.__dict__, "meets": r.meets} for r in rows], indent=2)
+    return table(rows)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ served by the server and driven in headless Chromium with a fake camera and micr
 pages publish over WHIP and go live, an ffmpeg RTMP push joins them, the viewer page plays all
 three over WebRTC (frames advancing in each), then switches to HLS; a reaction from the viewer
 reaches the hosts. Screenshots go to ``$INGEST_TEST_ARTIFACTS`` (default: the test's tmp dir).
-The glass-to-glass bench (``python -m ingest.glass``) runs once, briefly, with generous bounds."""
+The glass-to-glass bench (``ingest bench glass``) runs once, briefly, with generous bounds."""
 
 from __future__ import annotations
 
@@ -338,7 +338,7 @@ async def test_dev_token_makes_a_host_in_development_mode(
 
 
 GLASS_MARGIN_MS = {"rtmp -> WebRTC": 2000.0, "whip -> WebRTC": 2000.0, "rtmp -> LL-HLS": 8000.0}
-"""Generous bounds for a busy machine: the targets are judged by ``python -m ingest.glass``."""
+"""Generous bounds for a busy machine: the targets are judged by ``ingest bench glass``."""
 
 
 async def test_glass_to_glass_is_measured_in_the_browser_for_every_path(tmp_path: Path) -> None:
