@@ -256,6 +256,13 @@ async def test_hosts_publish_go_live_and_the_viewer_plays_them_all(
             await viewer.wait_for_function(
                 "() => document.querySelectorAll('#grid figure').length === 1", timeout=SETUP_MS
             )
+            # a host joining the live show appears in the grid, and goes again
+            await alice.click("#publish")
+            await wait_playing(viewer, "#grid video", 2)
+            await alice.click("#unpublish")
+            await viewer.wait_for_function(
+                "() => document.querySelectorAll('#grid figure').length === 1", timeout=SETUP_MS
+            )
             # back to backstage: the waiting screen; live again: the show (HLS restarts with
             # the one RTMP host: a remux, see test_hls_browser for hls.js on it)
             await alice.click("#stopLive")
