@@ -25,6 +25,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from aiortc.codecs import get_capabilities
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability
+
 KEYFRAME_REQUEST_INTERVAL_S = 0.5
 """At most one keyframe request (PLI) a track sends its publisher per this many seconds;
 requests in between are merged into one sent when the interval is over."""
@@ -345,3 +348,14 @@ class KeyframeRequests:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+def codec_preferences(kind: str, codec: str) -> list[RTCRtpCodecCapability]:
+    """aiortc codec preferences naming only a forwarded track's codec (``"vp8"``, ``"h264"``,
+    ``"opus"``: every aiortc entry of it, H.264's profiles included, which the SFU then narrows
+    to the stream's) and, for video, RTX: what WHEP answers and the call WebSocket offers."""
+    caps = get_capabilities(kind).codecs
+    mime = f"{kind}/{codec}".lower()
+    same = [c for c in caps if c.mimeType.lower() == mime]
+    rtx = [c for c in caps if c.mimeType.lower() == "video/rtx"] if kind == "video" else []
+    return same + rtx

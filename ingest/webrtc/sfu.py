@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
-from aiortc.codecs import get_capabilities
 from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
@@ -43,6 +42,7 @@ from ingest.webrtc.bridge import (
     VideoBridge,
     bridge_for,
 )
+from ingest.webrtc.forwarding import codec_preferences
 from ingest.webrtc.ice import IcePolicy
 from ingest.webrtc.negotiation import (
     h264_answer_codecs,
@@ -420,12 +420,7 @@ def forwarded_preferences(
         for c in m.rtp.codecs
     ):
         return []
-    caps = get_capabilities(source.kind.value).codecs
-    chosen = [c for c in caps if c.mimeType.lower() == mime]
-    if config.codec == "h264":
-        chosen = chosen[:1]  # replaced by the exact profile in _negotiate_video
-    rtx = [c for c in caps if c.mimeType.lower().endswith("/rtx")]
-    return chosen + rtx
+    return codec_preferences(source.kind.value, config.codec)  # H.264: see _negotiate_video
 
 
 def _needs_h264_answer(bridges: list[TrackBridge]) -> bool:

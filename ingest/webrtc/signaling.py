@@ -89,6 +89,7 @@ from ingest.errors import (
 from ingest.media.hub import Hub, Track, Watch, WatchClosedError
 from ingest.media.units import Kind, VideoConfig
 from ingest.webrtc.bridge import ForwardBridge, TrackBridge, VideoBridge
+from ingest.webrtc.forwarding import codec_preferences
 from ingest.webrtc.negotiation import opus_preferences, without_mdns_candidates
 from ingest.webrtc.sfu import MAX_OFFER_BYTES, SFU, add_viewer_track
 from ingest.webrtc.tracks import HubPacketTrack
@@ -373,16 +374,6 @@ def h264_offer_preferences() -> list[RTCRtpCodecCapability]:
     ]
     rtx = [c for c in codecs if c.mimeType.lower() == "video/rtx"]
     return h264[:1] + rtx
-
-
-def forwarded_offer_preferences(codec: str, kind: Kind) -> list[RTCRtpCodecCapability]:
-    """Codec preferences of our offer for a forwarded (WHIP) track: the publisher's codec as
-    it sends it (VP8, Opus), and RTX for video."""
-    codecs = get_capabilities(kind.value).codecs
-    mime = f"{kind.value}/{codec}"
-    same = [c for c in codecs if c.mimeType.lower() == mime]
-    rtx = [c for c in codecs if c.mimeType.lower() == "video/rtx"] if kind is Kind.VIDEO else []
-    return same[:1] + rtx
 
 
 def _parse_sdp(sdp: str, what: str) -> SessionDescription:
@@ -865,7 +856,7 @@ class SignalingClient:
                 track, transceiver = add_viewer_track(pc, bridge)
                 sub.tracks.append(track)
                 if isinstance(bridge, ForwardBridge) and bridge.codec != "h264":
-                    preferences = forwarded_offer_preferences(bridge.codec, kind)  # as sent
+                    preferences = codec_preferences(kind.value, bridge.codec)  # as sent
                 elif kind is Kind.AUDIO:
                     preferences = opus_preferences()
                 else:
