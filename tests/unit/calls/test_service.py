@@ -202,12 +202,12 @@ async def test_limits_of_ids_custom_data_and_member_batches(svc: CallService) ->
             "c1",
             w.GetOrCreateCallRequest(data=w.CallRequest(created_by_id="host", custom=big)),
         )
-    half = S.MAX_MEMBERS_PER_REQUEST // 2 + 1  # each list is within its own limit, not the sum
+    half = w.MAX_MEMBERS_PER_REQUEST // 2 + 1  # each list is within its own limit, not the sum
     both = w.UpdateCallMembersRequest(
         update_members=[w.MemberRequest(user_id=f"u{i}") for i in range(half)],
         remove_members=[f"r{i}" for i in range(half)],
     )
-    with pytest.raises(InputError, match=f"at most {S.MAX_MEMBERS_PER_REQUEST} members"):
+    with pytest.raises(InputError, match=f"at most {w.MAX_MEMBERS_PER_REQUEST} members"):
         await svc.update_members(SERVER, "livestream", "show", both)
     with pytest.raises(InputError, match=f"at most {S.MAX_CALL_TYPE_NAME}"):
         await svc.save_call_type(SERVER, "t" * (S.MAX_CALL_TYPE_NAME + 1), None, None, create=True)
