@@ -31,7 +31,7 @@ from .errors import InputError, NotFoundError, PermissionDeniedError
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 PAGES: dict[str, tuple[str, str]] = {
     "/ingest.js": ("ingest.js", "text/javascript; charset=utf-8"),
-    "/ingest.d.ts": ("ingest.d.ts", "text/plain; charset=utf-8"),
+    "/ingest.d.ts": ("ingest.d.ts", "application/typescript; charset=utf-8"),
     "/samples/ingest.js": ("ingest.js", "text/javascript; charset=utf-8"),
     "/samples/host.html": ("host.html", "text/html; charset=utf-8"),
     "/samples/viewer.html": ("viewer.html", "text/html; charset=utf-8"),
