@@ -148,6 +148,10 @@ async def test_hosts_publish_go_live_and_the_viewer_plays_them_all(
     async with browser() as context:
         try:
             alice = await open_host(context, base, call_id, "alice")
+            await alice.wait_for_function(
+                "() => document.querySelector('#dev').textContent.includes('Development mode')",
+                timeout=SETUP_MS,
+            )
             viewer = await context.new_page()
             viewer.on("pageerror", lambda e: print(f"[viewer] page error: {e}"))
             await viewer.goto(f"{base}/samples/viewer.html?id={call_id}&user=vera")
@@ -382,3 +386,23 @@ async def test_ingest_js_type_checks_with_its_jsdoc(tmp_path: Path) -> None:
     assert (tmp_path / "ingest.d.ts").read_text() == (samples / "ingest.d.ts").read_text(), (
         "samples/ingest.d.ts is stale: regenerate it with tsc --declaration (see this test)"
     )
+
+
+async def test_host_page_on_a_production_server_says_tokens_come_from_the_backend(
+    server: App,
+) -> None:
+    """With api_key/api_secret configured the page says so, and a sign-in without a token
+    shows the server's refusal (code 17) instead of a token."""
+    base = f"http://127.0.0.1:{server.http_port}"
+    async with browser() as context:
+        page = await context.new_page()
+        await page.goto(f"{base}/samples/host.html?id=prod&user=mallory")
+        await page.wait_for_function(
+            "() => document.querySelector('#dev').textContent.includes('Production server')",
+            timeout=SETUP_MS,
+        )
+        await page.click("#join")
+        await page.wait_for_function("() => window.host.errors.length > 0", timeout=SETUP_MS)
+        error = await page.inner_text("#error")
+        assert error.startswith("403 17: the dev token endpoint works only in development mode")
+        assert await page.evaluate("() => window.host.client") is None
