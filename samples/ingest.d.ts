@@ -26,10 +26,14 @@ export function decodableOffer(sdp: string): string;
  * @param {HTMLVideoElement} video
  * @param {string} url call.egress.hls.playlist_url
  * @param {any} [Hls] the hls.js constructor
+ * @param {{onFatal?: (error: IngestError) => void}} [options] onFatal: hls.js gave up after
+ *   HLS_MAX_RECOVERIES recoveries (code "hls_fatal", the message names hls.js's error)
  * @returns {Promise<{hls: any, errors: string[], destroy: () => void}>} errors: hls.js's
  *   (non-fatal ones are retried by hls.js itself)
  */
-export function playHls(video: HTMLVideoElement, url: string, Hls?: any): Promise<{
+export function playHls(video: HTMLVideoElement, url: string, Hls?: any, options?: {
+    onFatal?: (error: IngestError) => void;
+}): Promise<{
     hls: any;
     errors: string[];
     destroy: () => void;

@@ -655,10 +655,12 @@ export function decodableOffer(sdp) {
  * @param {HTMLVideoElement} video
  * @param {string} url call.egress.hls.playlist_url
  * @param {any} [Hls] the hls.js constructor
+ * @param {{onFatal?: (error: IngestError) => void}} [options] onFatal: hls.js gave up after
+ *   HLS_MAX_RECOVERIES recoveries (code "hls_fatal", the message names hls.js's error)
  * @returns {Promise<{hls: any, errors: string[], destroy: () => void}>} errors: hls.js's
  *   (non-fatal ones are retried by hls.js itself)
  */
-export async function playHls(video, url, Hls) {
+export async function playHls(video, url, Hls, options = {}) {
   if (!url) throw new IngestError("HLS is not running for this call: go live with HLS on first");
   const deadline = Date.now() + HLS_WAIT_MS;
   for (;;) {
@@ -678,7 +680,13 @@ export async function playHls(video, url, Hls) {
     let recoveries = 0;
     hls.on(Hls.Events.ERROR, (/** @type {any} */ _e, /** @type {any} */ d) => {
       if (errors.length < 100) errors.push(`${d.details}${d.fatal ? " (fatal)" : ""}`);
-      if (!d.fatal || recoveries >= HLS_MAX_RECOVERIES) return;
+      if (!d.fatal) return;
+      if (recoveries >= HLS_MAX_RECOVERIES) {
+        if (recoveries++ === HLS_MAX_RECOVERIES && options.onFatal) {
+          options.onFatal(new IngestError(`HLS playback failed: ${d.details}`, { code: "hls_fatal" }));
+        }
+        return;
+      }
       recoveries += 1; // hls.js's documented recovery: media errors recover, network reloads
       if (d.type === Hls.ErrorTypes.MEDIA_ERROR) hls.recoverMediaError();
       else if (d.type === Hls.ErrorTypes.NETWORK_ERROR) hls.startLoad();
