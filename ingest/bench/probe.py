@@ -125,9 +125,6 @@ class Probe:
         from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
         from aiortc.rtp import RtpPacket
 
-        from ingest.bench.bridge import _chrome_like_h264
-
-        _chrome_like_h264()
         counter = Counter()
         counter.first_video = asyncio.get_running_loop().create_future()
         deadline = time.monotonic() + WHEP_DEADLINE_S
@@ -207,6 +204,9 @@ class Probe:
             self.say("error", message=f"unknown command {cmd!r}")
 
     async def run(self) -> None:
+        from ingest.bench.bridge import _chrome_like_h264
+
+        _chrome_like_h264()  # once per process: it adds to aiortc's codec list
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
