@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -43,7 +44,7 @@ from ingest.media.hub import (
     TrackAdded,
     TrackEndedError,
 )
-from ingest.media.units import AudioConfig, Kind, VideoConfig
+from ingest.media.units import AudioConfig, Kind, MediaUnit, VideoConfig
 from ingest.record.recorder import Recorder
 from ingest.record.storage import RecordingInfo, RecordingStorage
 
@@ -54,6 +55,9 @@ HLS_LINGER_S = 30.0
 FINISH_TIMEOUT_S = 2.0
 """At shutdown, how long the remux may take to cut its last part after the publishers left."""
 AUDIO_QUEUE = 256
+COMPOSITE_HOLD_FRAMES = 15
+"""Composite video frames held back waiting for the mixed audio to reach them (0.5 s at 30 fps);
+past that the picture goes on without it (audio stopped, or far behind)."""
 """The egress's audio reader queue (about 6 s of AAC)."""
 
 HLS_STOPPED = "stopped"
@@ -381,11 +385,16 @@ class CompositeFeed:
             start = self.loop.time()
             frame = 0
             idle = True
+            # The mix comes out behind the picture (its jitter buffer): a video frame waits here
+            # until the audio has reached it, so that a part is never cut before its audio.
+            held: deque[MediaUnit] = deque()
+            audio_until: int | None = None
             while True:
                 frame += 1
                 await asyncio.sleep(max(0.0, start + frame / compositor.fps - self.loop.time()))
                 if not compositor.hosts:
                     if not idle:
+                        held.clear()
                         seg.restart()  # nobody left: end the segment, wait for hosts
                         idle = True
                     continue
@@ -396,9 +405,17 @@ class CompositeFeed:
                     seg.configure(compositor.video_config, compositor.audio_config)
                 for unit in units:
                     if unit.kind is Kind.VIDEO:
-                        seg.push_video(unit)
-                    elif seg.init is not None:
+                        held.append(unit)
+                        continue
+                    audio_until = unit.dts
+                    if seg.init is not None:
                         seg.push_audio(unit)
+                while held and (
+                    compositor.audio_config is None
+                    or (audio_until is not None and held[0].dts <= audio_until)
+                    or len(held) > COMPOSITE_HOLD_FRAMES
+                ):
+                    seg.push_video(held.popleft())
         except MediaError as e:
             program.fail(e.message)
         except Exception as e:

@@ -124,6 +124,8 @@ class Segmenter:
         self._audio_units: deque[MediaUnit] = deque()
         self._audio_next: int | None = None  # next audio decode time, in samples
         self._last_audio_dts = -(1 << 62)
+        self.late_audio = 0
+        """Audio units dropped because they came after the part that should hold them."""
         self.parts_cut = 0
 
     # -- configuration -------------------------------------------------------------------------
@@ -173,7 +175,8 @@ class Segmenter:
         if unit.dts <= self._last_audio_dts:
             return  # a unit given twice
         if self._offset is not None and unit.dts + self._offset < self._part_start:
-            return  # older than what is already cut
+            self.late_audio += 1  # older than what is already cut
+            return
         # (before the first keyframe it waits: the keyframe keeps what is not older than it)
         self._last_audio_dts = unit.dts
         self._audio_units.append(unit)

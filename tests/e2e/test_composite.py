@@ -72,6 +72,9 @@ async def test_two_hosts_make_one_composite_with_both_pictures_and_both_voices(
                 assert any(s["codec_name"] == "aac" for s in info["streams"])
                 assert program.composite.compositor is not None
                 assert program.composite.compositor.decode_errors == 0
+                # the mix comes out behind the picture: no audio may miss its part (a hole
+                # makes hls.js stall for good)
+                assert program.segmenter.late_audio == 0
                 left, right, peaks = await asyncio.to_thread(analyse, init + seg)
                 assert left > 20, (left, right)  # alice's colour pattern
                 assert right < 5, (left, right)  # bob's grey picture (and black bars)
