@@ -64,7 +64,7 @@ from aiortc.codecs import get_capabilities
 from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
-from aiortc.sdp import SessionDescription
+from aiortc.sdp import H264Profile, SessionDescription, parse_h264_profile_level_id
 from fastapi import APIRouter, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.websockets import WebSocketDisconnect
@@ -150,7 +150,10 @@ ERR_INTERNAL = "internal"
 ERR_KICKED = "kicked"
 
 AIORTC_H264_PROFILE = "42e01f"
-"""The H.264 entry of aiortc's codec table we offer (and map answers back to)."""
+"""aiortc's Constrained Baseline H.264 entry: offered as it is, the entry every browser takes."""
+AIORTC_STREAM_ENTRY = "42001f"
+"""aiortc's H.264 entry that carries the stream's own profile in our offers (rewritten in the
+SDP, mapped back in the answer)."""
 
 
 # --- client messages (sans-I/O) -------------------------------------------------------------
@@ -361,19 +364,38 @@ class Outbox:
 # --- SDP: the stream's H.264 profile in offers ----------------------------------------------
 
 
-def h264_offer_preferences() -> list[RTCRtpCodecCapability]:
-    """Video codec preferences of our offers: aiortc's Constrained Baseline H.264 entry
-    (``packetization-mode=1``; rewritten to the stream's profile in the SDP) and RTX."""
+def h264_offer_preferences(profile_level_id: str | None = None) -> list[RTCRtpCodecCapability]:
+    """Video codec preferences of our offers for a stream of ``profile_level_id``: aiortc's
+    Baseline entry (``42001f``, rewritten to the stream's profile in the SDP) and its
+    Constrained Baseline entry (``42e01f``, as it is), both ``packetization-mode=1``, and RTX.
+
+    The second entry is the answer WHEP gives a browser that lists no profile able to decode the
+    stream (headless Chromium lists no High): such a browser accepts it and plays the stream
+    anyway; one that lists the stream's profile accepts both and gets the first. A Constrained
+    Baseline stream (the B-frame remover's re-encode) is offered the one entry."""
     codecs = get_capabilities("video").codecs
-    h264 = [
-        c
-        for c in codecs
-        if c.mimeType.lower() == "video/h264"
-        and str(c.parameters.get("packetization-mode")) == "1"
-        and str(c.parameters.get("profile-level-id", "")).lower() == AIORTC_H264_PROFILE
-    ]
+
+    def entry(plid: str) -> list[RTCRtpCodecCapability]:
+        return [
+            c
+            for c in codecs
+            if c.mimeType.lower() == "video/h264"
+            and str(c.parameters.get("packetization-mode")) == "1"
+            and str(c.parameters.get("profile-level-id", "")).lower() == plid
+        ][:1]
+
     rtx = [c for c in codecs if c.mimeType.lower() == "video/rtx"]
-    return h264[:1] + rtx
+    if profile_level_id is None or _constrained_baseline(profile_level_id):
+        return entry(AIORTC_H264_PROFILE) + rtx
+    return entry(AIORTC_STREAM_ENTRY) + entry(AIORTC_H264_PROFILE) + rtx
+
+
+def _constrained_baseline(profile_level_id: str) -> bool:
+    try:
+        profile = parse_h264_profile_level_id(profile_level_id)[0]
+    except ValueError:
+        return False
+    return profile is H264Profile.PROFILE_CONSTRAINED_BASELINE
 
 
 def _parse_sdp(sdp: str, what: str) -> SessionDescription:
@@ -384,8 +406,9 @@ def _parse_sdp(sdp: str, what: str) -> SessionDescription:
 
 
 def offer_with_profiles(offer_sdp: str, profiles: Mapping[str, str]) -> str:
-    """The offer with the H.264 fmtp of each video section (by mid) naming the stream's
-    ``profile-level-id`` (``profiles``: mid → profile-level-id)."""
+    """The offer with the first H.264 fmtp of each video section (by mid) naming the stream's
+    ``profile-level-id`` (``profiles``: mid → profile-level-id); further H.264 entries (the
+    Constrained Baseline fallback of :func:`h264_offer_preferences`) stay as they are."""
     offer = _parse_sdp(offer_sdp, "offer")
     for media in offer.media:
         plid = profiles.get(media.rtp.muxId or "")
@@ -398,6 +421,7 @@ def offer_with_profiles(offer_sdp: str, profiles: Mapping[str, str]) -> str:
                     "packetization-mode": 1,
                     "profile-level-id": plid,
                 }
+                break
     return str(offer)
 
 
@@ -411,7 +435,13 @@ def answer_for_aiortc(
     answered: dict[str, str] = {}
     for media in answer.media:
         mid = media.rtp.muxId or ""
-        if media.kind != "video" or mid not in offered or media.port == 0:
+        if mid in offered and media.port == 0:
+            codecs = sorted({c.mimeType for c in offered[mid] if c.mimeType.lower() != "video/rtx"})
+            raise InputError(
+                f"the answer rejects the {media.kind} section (mid {mid}, port 0): the client "
+                f"cannot receive what we offered ({', '.join(codecs)})"
+            )
+        if media.kind != "video" or mid not in offered:
             continue
         ours = {c.payloadType: c for c in offered[mid] if c.mimeType.lower() == "video/h264"}
         if not ours:
@@ -423,11 +453,24 @@ def answer_for_aiortc(
         ]
         if not h264:
             raise InputError(f"the answer's video (mid {mid}) has no H.264: we only send H.264")
+        # what the client accepted, as it said it: the sender sends the first of our entries
+        said = {c.payloadType: str(c.parameters.get("profile-level-id", "")) for c in h264}
+        answered[mid] = next(said[pt] for pt in ours if pt in said)
         for codec in h264:
-            answered[mid] = str(codec.parameters.get("profile-level-id", ""))
             mine = ours[codec.payloadType].parameters.get("profile-level-id", AIORTC_H264_PROFILE)
             codec.parameters = {**codec.parameters, "profile-level-id": mine}
     return str(answer), answered
+
+
+def _h264_profile(bridge: TrackBridge) -> str | None:
+    """The ``profile-level-id`` viewers of ``bridge`` receive; ``None`` if it is not H.264."""
+    if isinstance(bridge, VideoBridge):
+        return bridge.profile_level_id
+    if isinstance(bridge, ForwardBridge) and bridge.codec == "h264":
+        config = bridge.output.config
+        assert isinstance(config, VideoConfig)
+        return config.profile_level_id  # forwarded H.264
+    return None
 
 
 # --- per-client state -----------------------------------------------------------------------
@@ -782,6 +825,13 @@ class SignalingClient:
                 OperationError,
             ) as exc:
                 detail = exc.message if isinstance(exc, InputError) else str(exc)
+                log.warning(
+                    "%r: answer for %s (offer %d) refused: %s",
+                    self,
+                    msg.user_session_id,
+                    sub.offer_id,
+                    detail,
+                )
                 self._send(error_message(ERR_BAD_ANSWER, f"cannot use this SDP answer: {detail}"))
                 await self._drop(sub, "the answer was refused")
                 return
@@ -855,12 +905,13 @@ class SignalingClient:
                 sub.bridges.append(bridge)
                 track, transceiver = add_viewer_track(pc, bridge)
                 sub.tracks.append(track)
-                if isinstance(bridge, ForwardBridge) and bridge.codec != "h264":
+                plid = _h264_profile(bridge)
+                if plid is not None:
+                    preferences = h264_offer_preferences(plid)
+                elif isinstance(bridge, ForwardBridge):
                     preferences = codec_preferences(kind.value, bridge.codec)  # as sent
-                elif kind is Kind.AUDIO:
-                    preferences = opus_preferences()
                 else:
-                    preferences = h264_offer_preferences()
+                    preferences = opus_preferences()
                 transceiver.setCodecPreferences(preferences)
                 transceivers[kind] = transceiver
             await pc.setLocalDescription(await pc.createOffer())
@@ -868,14 +919,9 @@ class SignalingClient:
             for kind, transceiver in transceivers.items():
                 mid = transceiver.mid or ""
                 sub.offered_codecs[mid] = list(transceiver._codecs)
-                if kind is Kind.VIDEO:
-                    video = next(b for b in sub.bridges if b.kind is Kind.VIDEO)
-                    if isinstance(video, VideoBridge):
-                        profiles[mid] = video.profile_level_id
-                    elif isinstance(video, ForwardBridge) and video.codec == "h264":
-                        config = video.output.config
-                        assert isinstance(config, VideoConfig)
-                        profiles[mid] = config.profile_level_id  # forwarded H.264
+                video = next(b for b in sub.bridges if b.kind is kind)
+                if (plid := _h264_profile(video)) is not None:
+                    profiles[mid] = plid
             sdp = sfu.ice.advertise(offer_with_profiles(pc.localDescription.sdp, profiles))
         except BaseException:
             await self._teardown(sub)

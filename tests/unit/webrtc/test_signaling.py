@@ -220,11 +220,12 @@ def test_offer_names_the_streams_profile() -> None:
     sdp = sig.offer_with_profiles(CHROME, {"1": "640028"})
     video = sdp.split("m=video")[1]
     h264 = [line for line in video.splitlines() if line.startswith("a=fmtp:") and "profile" in line]
-    assert h264
-    assert all(
-        line.endswith("level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=640028")
-        for line in h264
+    assert len(h264) > 1
+    # the first H.264 entry names the stream; the others (the fallback) stay as offered
+    assert h264[0].endswith(
+        "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=640028"
     )
+    assert sum("profile-level-id=640028" in line for line in h264) == 1
     assert "a=candidate:" in sdp  # candidates survive the rewrite
     assert sig.offer_with_profiles(CHROME, {}).count("profile-level-id=640028") == 0
 
@@ -255,6 +256,29 @@ def test_h264_offer_preferences() -> None:
     assert prefs[0].mimeType == "video/H264"
     assert prefs[0].parameters["profile-level-id"] == sig.AIORTC_H264_PROFILE
     assert {p.mimeType for p in prefs[1:]} == {"video/rtx"}
+    assert sig.h264_offer_preferences("42e01e") == prefs  # Constrained Baseline: one entry
+    # any other profile: the entry that carries it, then the Constrained Baseline fallback
+    high = sig.h264_offer_preferences("640028")
+    plids = [p.parameters.get("profile-level-id") for p in high if p.mimeType == "video/H264"]
+    assert plids == [sig.AIORTC_STREAM_ENTRY, sig.AIORTC_H264_PROFILE]
+    assert high[-1].mimeType == "video/rtx"
+
+
+def test_an_answer_that_rejects_a_section_says_so() -> None:
+    offered = {
+        "1": [
+            RTCRtpCodecParameters(
+                mimeType="video/H264",
+                clockRate=90000,
+                payloadType=112,
+                parameters={"packetization-mode": "1", "profile-level-id": "42e01f"},
+            )
+        ]
+    }
+    rejected = CHROME.replace("m=video 9 ", "m=video 0 ")
+    assert rejected != CHROME
+    with pytest.raises(InputError, match=r"rejects the video section \(mid 1, port 0\)"):
+        sig.answer_for_aiortc(rejected, offered)
 
 
 # --- subscriptions --------------------------------------------------------------------------
@@ -479,6 +503,56 @@ async def test_offer_answer_and_shared_bridges(signaling: sig.Signaling, calls: 
         for pc in peers:
             await pc.close()
     assert not sfu._bridges
+
+
+async def test_a_browser_without_high_takes_the_fallback_entry(
+    signaling: sig.Signaling, calls: FakeCalls, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that cannot decode High by its SDP (aiortc here, headless Chromium in the e2e
+    test) accepts our offer's Constrained Baseline entry; a refused answer is logged."""
+    calls.join("s1")
+    signaling.hub.publish(CID, "s1", UID, Kind.VIDEO, HIGH)
+    signaling.hub.publish(CID, "s1", UID, Kind.AUDIO, AAC)
+    client = make_client(signaling)
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        await client.subscribe("s1")
+        _, offer = sent(client)
+        assert "profile-level-id=640028" in offer["sdp"]
+        await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        answer = pc.localDescription.sdp
+        video = answer.split("m=video")[1]
+        assert "profile-level-id=42e01f" in video
+        assert "640028" not in video
+        # the same answer with its video section rejected: refused, logged, unsubscribed
+        caplog.set_level("WARNING", "ingest.webrtc.signaling")
+        port = video.split()[0]
+        rejected = answer.replace(f"m=video {port} ", "m=video 0 ")
+        await client.answer(sig.Answer("s1", rejected, offer["offer_id"]))
+        error, unsubscribed = sent(client)
+        assert error["code"] == sig.ERR_BAD_ANSWER
+        assert "rejects the video section" in error["message"]
+        assert unsubscribed["type"] == "unsubscribed"
+        assert any(
+            "answer for s1" in r.getMessage() and "refused" in r.getMessage()
+            for r in caplog.records
+        ), caplog.text
+        # subscribed again, the answer as the client made it is taken
+        await client.subscribe("s1")
+        _, offer = sent(client)
+        await pc.close()
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        await client.answer(sig.Answer("s1", pc.localDescription.sdp, offer["offer_id"]))
+        sub_pc = client.subscriptions["s1"].pc
+        assert sub_pc is not None
+        assert sub_pc.signalingState == "stable"
+        assert sent(client) == []
+    finally:
+        await client.cleanup()
+        await pc.close()
 
 
 @pytest.mark.usefixtures("chrome_like")
