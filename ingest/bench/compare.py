@@ -622,7 +622,7 @@ class Report:
 
     # compare
     def medians(self, system: str) -> dict[str, float]:
-        samples = [s for s in self.compare if s.system == system]
+        samples = [s for s in self.compare if s.system == system and not s.failed]
         if not samples:
             return {}
         return {
@@ -636,7 +636,7 @@ class Report:
         """Median over runs of (ours / baseline) CPU per stream, runs paired in order."""
         ours = [s.cpu for s in self.compare if s.system == Ours.name]
         base = [s.cpu for s in self.compare if s.system == Baseline.name]
-        ratios = [a / b for a, b in zip(ours, base, strict=False) if b > 0]
+        ratios = [a / b for a, b in zip(ours, base, strict=False) if b > 0 and a == a]  # not NaN
         return statistics.median(ratios) if ratios else None
 
     # scale

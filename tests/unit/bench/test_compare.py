@@ -135,3 +135,17 @@ def test_bridge_cpu_rows_get_their_ratio_from_the_same_run() -> None:
     assert "ratio" not in rows[2]
     assert rows[2]["ok"] is True
     assert all("compare_to" not in r for r in rows)
+
+
+def test_a_step_not_measured_falls_behind_and_stays_out_of_the_medians() -> None:
+    nan = float("nan")
+    failed = Sample("ingest", 8, 1, nan, nan, [], 0, 1.0, "WHEP answered 404")
+    assert not failed.ok()
+    report = Report(Plan())
+    report.compare = [sample("ingest", 4.0), sample("ffmpeg", 5.0), failed, sample("ffmpeg", 4.0)]
+    assert report.medians("ingest")["cpu"] == 4.0
+    assert report.compare_ratio() == 0.8
+    report.scale = [failed, sample("ffmpeg", 32.0, 8)]
+    assert "not measured" in markdown(report)
+    row = next(r for r in report.rows() if r["name"].startswith("Scale: server CPU"))
+    assert row["ok"] is False
