@@ -31,8 +31,10 @@ from aioice import ice as aioice_ice
 from aioice import stun
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aiortc.jitterbuffer import JitterBuffer
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtpsender import RTCRtpSender
+from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from aiortc.rtp import RtpPacket
 
 log = logging.getLogger("ingest.webrtc")
@@ -315,3 +317,32 @@ async def round_trip(receiver: RTCRtpReceiver) -> float | None:
 
 
 check_round_trip()
+
+
+# --- the codecs a transceiver negotiated (viewers' H.264 profile) ---------------------------------
+#
+# aiortc negotiates against its global codec table, which lists H.264 as Baseline / Constrained
+# Baseline only. A viewer's video transceiver is told the codec it really sends (the stream's
+# profile, the remote's payload type) by replacing ``RTCRtpTransceiver._codecs`` after
+# ``setRemoteDescription``: ``createAnswer`` writes it into the answer and the sender sends with
+# its first entry. Checked by :func:`check_transceiver` at import.
+
+
+def check_transceiver() -> None:
+    if "_codecs" not in RTCRtpTransceiver.__init__.__code__.co_names:
+        raise AioiceChanged("aiortc's RTCRtpTransceiver no longer keeps its codecs in _codecs")
+
+
+def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:
+    """The codecs ``transceiver`` offered or negotiated (a copy of the list)."""
+    return list(transceiver._codecs)
+
+
+def set_negotiated_codecs(
+    transceiver: RTCRtpTransceiver, codecs: list[RTCRtpCodecParameters]
+) -> None:
+    """Make ``transceiver`` answer and send ``codecs`` (first entry first)."""
+    transceiver._codecs = codecs
+
+
+check_transceiver()

@@ -1,35 +1,45 @@
-"""Codec negotiation for viewers: the answer names what we really send.
+"""Codec negotiation for viewers: what we send is named by what the remote can take.
 
 aiortc 1.16 negotiates against its global ``aiortc.codecs.CODECS`` table, which lists H.264 only
 as Baseline / Constrained Baseline (``42001f``, ``42e01f``), and matches offers by profile. OBS
 sends High (``640028``), so aiortc alone would answer Constrained Baseline (or nothing for a
 High-only offer) and Chrome could refuse or mis-handle the stream.
 
-We do not touch that global table. After ``setRemoteDescription`` the SFU replaces the negotiated
-codec list of *its own* video transceiver (``RTCRtpTransceiver._codecs``, which ``createAnswer``
-writes into the answer and the RTP sender sends with, first entry first) by
-:func:`h264_answer_codecs`: the offer's H.264 payload type (``packetization-mode=1``) whose
-profile matches the stream's, answered with the stream's exact ``profile-level-id``,
-``packetization-mode=1`` and ``level-asymmetry-allowed=1``, plus its RTX. Audio uses the public
-``setCodecPreferences`` (Opus only: we send Opus packets, never G.711).
+We do not touch that global table. After ``setRemoteDescription`` a
+:class:`~ingest.webrtc.subscriber.Subscriber` replaces the negotiated codec list of *its own*
+video transceiver (:func:`~ingest.webrtc.aiortc_compat.set_negotiated_codecs`: what
+``createAnswer`` writes into an answer and the RTP sender sends with, first entry first) by
+:func:`h264_answer_codecs` of the *remote's* list — the viewer's offer (WHEP) or the client's
+answer to our offer (the call WebSocket): the H.264 payload type (``packetization-mode=1``) whose
+profile matches the stream's, named with the stream's exact ``profile-level-id``,
+``packetization-mode=1`` and ``level-asymmetry-allowed=1``, plus its RTX. Audio and forwarded
+codecs use the public ``setCodecPreferences`` (only what we send: Opus, never G.711).
 
-If the offer has no H.264 profile able to decode the stream (Firefox offers only Constrained
-Baseline), the answer falls back to the offer's own Constrained Baseline entry, unchanged, and
-logs it: browsers' H.264 decoders play High regardless of the SDP, and an answer that repeats the
-offer's parameters is always accepted.
+If the remote has no H.264 profile able to decode the stream (Firefox offers only Constrained
+Baseline; headless Chromium lists no High), its Constrained Baseline entry is used, unchanged,
+and logged: browsers' H.264 decoders play High regardless of the SDP, and an answer that repeats
+the offer's parameters is always accepted. Our own offers (:func:`offer_with_profiles`) list the
+stream's profile first and Constrained Baseline second, so that a browser makes the same choice
+in its answer.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aiortc.codecs import get_capabilities
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
-from aiortc.sdp import H264Profile, parse_h264_profile_level_id
+from aiortc.sdp import H264Profile, SessionDescription, parse_h264_profile_level_id
+
+from ingest.errors import InputError
 
 log = logging.getLogger("ingest.webrtc")
+
+AIORTC_H264_PROFILE = "42e01f"
+"""aiortc's Constrained Baseline H.264 entry (what an answer is mapped back to by default)."""
 
 OUR_VIDEO_FEEDBACK = (("nack", None), ("nack", "pli"), ("goog-remb", None))
 """RTCP feedback we keep from the offer (aiortc answers NACKs; PLI is accepted but ignored)."""
@@ -146,6 +156,70 @@ def h264_answer_codecs(
         codecs.append(copy.deepcopy(rtx))
     answered = str(codec.parameters.get("profile-level-id", "42e01f"))
     return VideoChoice(codecs, answered, exact)
+
+
+def _parse_sdp(sdp: str, what: str) -> SessionDescription:
+    try:
+        return SessionDescription.parse(sdp)
+    except Exception as exc:  # aiortc's parser raises whatever its split/int() raise
+        raise InputError(f"the {what} is not SDP: {exc}") from exc
+
+
+def offer_with_profiles(offer_sdp: str, profiles: Mapping[str, str]) -> str:
+    """Our offer with the first H.264 fmtp of each video section (by mid) naming the stream's
+    ``profile-level-id`` (``profiles``: mid → profile-level-id). The other H.264 entries stay
+    as aiortc wrote them: Constrained Baseline ``42e01f``, which a browser that lists no profile
+    able to decode the stream accepts (as WHEP answers it) and plays the stream with anyway."""
+    offer = _parse_sdp(offer_sdp, "offer")
+    for media in offer.media:
+        plid = profiles.get(media.rtp.muxId or "")
+        if plid is None:
+            continue
+        for codec in media.rtp.codecs:
+            if codec.mimeType.lower() == "video/h264":
+                codec.parameters = {
+                    "level-asymmetry-allowed": 1,
+                    "packetization-mode": 1,
+                    "profile-level-id": plid,
+                }
+                break
+    return str(offer)
+
+
+def answer_for_aiortc(
+    answer_sdp: str, offered: Mapping[str, list[RTCRtpCodecParameters]]
+) -> tuple[str, SessionDescription]:
+    """The client's answer to our offer as aiortc can match it against the codecs it really
+    offered (``offered``: mid → codecs; aiortc compares H.264 profiles, and knows no High), and
+    the answer as the client wrote it (what the sender's codec is chosen from). Raises
+    :class:`InputError` if a section is rejected (port 0) or a video section answers without
+    the H.264 we offered."""
+    said = _parse_sdp(answer_sdp, "answer")
+    answer = _parse_sdp(answer_sdp, "answer")
+    for media in answer.media:
+        mid = media.rtp.muxId or ""
+        if mid in offered and media.port == 0:
+            codecs = sorted({c.mimeType for c in offered[mid] if c.mimeType.lower() != "video/rtx"})
+            raise InputError(
+                f"the answer rejects the {media.kind} section (mid {mid}, port 0): the client "
+                f"cannot receive what we offered ({', '.join(codecs)})"
+            )
+        if media.kind != "video" or mid not in offered:
+            continue
+        ours = {c.payloadType: c for c in offered[mid] if c.mimeType.lower() == "video/h264"}
+        if not ours:
+            continue  # forwarded VP8: aiortc matches the answer as it is
+        h264 = [
+            c
+            for c in media.rtp.codecs
+            if c.mimeType.lower() == "video/h264" and c.payloadType in ours
+        ]
+        if not h264:
+            raise InputError(f"the answer's video (mid {mid}) has no H.264: we only send H.264")
+        for codec in h264:
+            mine = ours[codec.payloadType].parameters.get("profile-level-id", AIORTC_H264_PROFILE)
+            codec.parameters = {**codec.parameters, "profile-level-id": mine}
+    return str(answer), said
 
 
 def opus_preferences() -> list[RTCRtpCodecCapability]:

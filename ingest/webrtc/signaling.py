@@ -27,9 +27,10 @@ used. A connection per participant needs neither, and a failure stays with one p
 
 H.264 is never transcoded per client: media comes from the SFU's shared per-track bridges
 (:meth:`SFU.acquire_bridge`), so any number of clients and WHEP viewers of one participant share
-one bridge and one AAC → Opus transcoder. The offer names the stream's real ``profile-level-id``
-(aiortc only knows Constrained Baseline): we offer aiortc's ``42e01f`` entry, rewrite its fmtp in
-the SDP we send, and map the answer's H.264 back to that entry before aiortc reads it.
+one bridge and one AAC → Opus transcoder. The peer connection is a
+:class:`~ingest.webrtc.subscriber.Subscriber`, the one WHEP uses: it offers the stream's real
+H.264 ``profile-level-id`` first and Constrained Baseline second, and picks the codec it sends
+from the client's answer as WHEP picks it from a viewer's offer.
 
 Bounds: events go through a per-client :class:`Outbox` that drops the oldest *events* (counted)
 when the client does not read, so a slow client never slows the bus or other clients; replies
@@ -59,12 +60,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from aiortc import RTCPeerConnection, RTCSessionDescription
-from aiortc.codecs import get_capabilities
-from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
-from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
-from aiortc.rtcrtptransceiver import RTCRtpTransceiver
-from aiortc.sdp import H264Profile, SessionDescription, parse_h264_profile_level_id
+from aiortc import RTCPeerConnection
 from fastapi import APIRouter, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.websockets import WebSocketDisconnect
@@ -87,12 +83,9 @@ from ingest.errors import (
     PermissionDeniedError,
 )
 from ingest.media.hub import Hub, Track, Watch, WatchClosedError
-from ingest.media.units import Kind, VideoConfig
-from ingest.webrtc.bridge import ForwardBridge, TrackBridge, VideoBridge
-from ingest.webrtc.forwarding import codec_preferences
-from ingest.webrtc.negotiation import opus_preferences, without_mdns_candidates
-from ingest.webrtc.sfu import MAX_OFFER_BYTES, SFU, add_viewer_track
-from ingest.webrtc.tracks import HubPacketTrack
+from ingest.media.units import Kind
+from ingest.webrtc.sfu import MAX_OFFER_BYTES, SFU
+from ingest.webrtc.subscriber import Subscriber
 
 log = logging.getLogger("ingest.webrtc.signaling")
 
@@ -148,13 +141,6 @@ ERR_UNAUTHORIZED = "unauthorized"
 ERR_NOT_FOUND = "not_found"
 ERR_INTERNAL = "internal"
 ERR_KICKED = "kicked"
-
-AIORTC_H264_PROFILE = "42e01f"
-"""aiortc's Constrained Baseline H.264 entry: offered as it is, the entry every browser takes."""
-AIORTC_STREAM_ENTRY = "42001f"
-"""aiortc's H.264 entry that carries the stream's own profile in our offers (rewritten in the
-SDP, mapped back in the answer)."""
-
 
 # --- client messages (sans-I/O) -------------------------------------------------------------
 
@@ -361,135 +347,28 @@ class Outbox:
             waiter.set_result(None)
 
 
-# --- SDP: the stream's H.264 profile in offers ----------------------------------------------
-
-
-def h264_offer_preferences(profile_level_id: str | None = None) -> list[RTCRtpCodecCapability]:
-    """Video codec preferences of our offers for a stream of ``profile_level_id``: aiortc's
-    Baseline entry (``42001f``, rewritten to the stream's profile in the SDP) and its
-    Constrained Baseline entry (``42e01f``, as it is), both ``packetization-mode=1``, and RTX.
-
-    The second entry is the answer WHEP gives a browser that lists no profile able to decode the
-    stream (headless Chromium lists no High): such a browser accepts it and plays the stream
-    anyway; one that lists the stream's profile accepts both and gets the first. A Constrained
-    Baseline stream (the B-frame remover's re-encode) is offered the one entry."""
-    codecs = get_capabilities("video").codecs
-
-    def entry(plid: str) -> list[RTCRtpCodecCapability]:
-        return [
-            c
-            for c in codecs
-            if c.mimeType.lower() == "video/h264"
-            and str(c.parameters.get("packetization-mode")) == "1"
-            and str(c.parameters.get("profile-level-id", "")).lower() == plid
-        ][:1]
-
-    rtx = [c for c in codecs if c.mimeType.lower() == "video/rtx"]
-    if profile_level_id is None or _constrained_baseline(profile_level_id):
-        return entry(AIORTC_H264_PROFILE) + rtx
-    return entry(AIORTC_STREAM_ENTRY) + entry(AIORTC_H264_PROFILE) + rtx
-
-
-def _constrained_baseline(profile_level_id: str) -> bool:
-    try:
-        profile = parse_h264_profile_level_id(profile_level_id)[0]
-    except ValueError:
-        return False
-    return profile is H264Profile.PROFILE_CONSTRAINED_BASELINE
-
-
-def _parse_sdp(sdp: str, what: str) -> SessionDescription:
-    try:
-        return SessionDescription.parse(sdp)
-    except Exception as exc:  # aiortc's parser raises whatever its split/int() raise
-        raise InputError(f"the {what} is not SDP: {exc}") from exc
-
-
-def offer_with_profiles(offer_sdp: str, profiles: Mapping[str, str]) -> str:
-    """The offer with the first H.264 fmtp of each video section (by mid) naming the stream's
-    ``profile-level-id`` (``profiles``: mid → profile-level-id); further H.264 entries (the
-    Constrained Baseline fallback of :func:`h264_offer_preferences`) stay as they are."""
-    offer = _parse_sdp(offer_sdp, "offer")
-    for media in offer.media:
-        plid = profiles.get(media.rtp.muxId or "")
-        if plid is None:
-            continue
-        for codec in media.rtp.codecs:
-            if codec.mimeType.lower() == "video/h264":
-                codec.parameters = {
-                    "level-asymmetry-allowed": 1,
-                    "packetization-mode": 1,
-                    "profile-level-id": plid,
-                }
-                break
-    return str(offer)
-
-
-def answer_for_aiortc(
-    answer_sdp: str, offered: Mapping[str, list[RTCRtpCodecParameters]]
-) -> tuple[str, dict[str, str]]:
-    """The client's answer as aiortc can match it against the offer it really made (aiortc
-    compares H.264 profiles), and the ``profile-level-id`` the client answered per video mid.
-    Raises :class:`InputError` if a video section answers without H.264."""
-    answer = _parse_sdp(answer_sdp, "answer")
-    answered: dict[str, str] = {}
-    for media in answer.media:
-        mid = media.rtp.muxId or ""
-        if mid in offered and media.port == 0:
-            codecs = sorted({c.mimeType for c in offered[mid] if c.mimeType.lower() != "video/rtx"})
-            raise InputError(
-                f"the answer rejects the {media.kind} section (mid {mid}, port 0): the client "
-                f"cannot receive what we offered ({', '.join(codecs)})"
-            )
-        if media.kind != "video" or mid not in offered:
-            continue
-        ours = {c.payloadType: c for c in offered[mid] if c.mimeType.lower() == "video/h264"}
-        if not ours:
-            continue  # forwarded VP8: aiortc matches the answer as it is
-        h264 = [
-            c
-            for c in media.rtp.codecs
-            if c.mimeType.lower() == "video/h264" and c.payloadType in ours
-        ]
-        if not h264:
-            raise InputError(f"the answer's video (mid {mid}) has no H.264: we only send H.264")
-        # what the client accepted, as it said it: the sender sends the first of our entries
-        said = {c.payloadType: str(c.parameters.get("profile-level-id", "")) for c in h264}
-        answered[mid] = next(said[pt] for pt in ours if pt in said)
-        for codec in h264:
-            mine = ours[codec.payloadType].parameters.get("profile-level-id", AIORTC_H264_PROFILE)
-            codec.parameters = {**codec.parameters, "profile-level-id": mine}
-    return str(answer), answered
-
-
-def _h264_profile(bridge: TrackBridge) -> str | None:
-    """The ``profile-level-id`` viewers of ``bridge`` receive; ``None`` if it is not H.264."""
-    if isinstance(bridge, VideoBridge):
-        return bridge.profile_level_id
-    if isinstance(bridge, ForwardBridge) and bridge.codec == "h264":
-        config = bridge.output.config
-        assert isinstance(config, VideoConfig)
-        return config.profile_level_id  # forwarded H.264
-    return None
-
-
 # --- per-client state -----------------------------------------------------------------------
 
 
 @dataclass(eq=False)
 class MediaSubscription:
-    """One subscribed participant: its peer connection (``None`` while it has no tracks)."""
+    """One subscribed participant: its subscriber peer connection (``None`` while it has no
+    tracks)."""
 
     user_session_id: str
-    pc: RTCPeerConnection | None = None
+    subscriber: Subscriber | None = None
     offer_id: int = 0
-    sources: dict[Kind, Track] = field(default_factory=dict)
-    bridges: list[TrackBridge] = field(default_factory=list)
-    tracks: list[HubPacketTrack] = field(default_factory=list)
-    offered_codecs: dict[str, list[RTCRtpCodecParameters]] = field(default_factory=dict)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     settle: asyncio.Task[None] | None = None
     watchdog: asyncio.Task[None] | None = None
+
+    @property
+    def pc(self) -> RTCPeerConnection | None:
+        return None if self.subscriber is None else self.subscriber.pc
+
+    @property
+    def sources(self) -> dict[Kind, Track]:
+        return {} if self.subscriber is None else self.subscriber.sources
 
 
 class _Refusal(Exception):
@@ -800,10 +679,10 @@ class SignalingClient:
             sub = self.subscriptions.get(msg.user_session_id)
             if sub is None:
                 raise ProtocolError(ERR_NOT_SUBSCRIBED, f"not subscribed to {msg.user_session_id}")
-            pc = sub.pc
+            subscriber = sub.subscriber
             if (
-                pc is None
-                or pc.signalingState != "have-local-offer"
+                subscriber is None
+                or not subscriber.awaits_answer
                 or (msg.offer_id is not None and msg.offer_id != sub.offer_id)
             ):
                 raise ProtocolError(
@@ -812,34 +691,25 @@ class SignalingClient:
                     f"(the current offer_id is {sub.offer_id})",
                 )
             try:
-                sdp, answered = answer_for_aiortc(msg.sdp, sub.offered_codecs)
-                await pc.setRemoteDescription(
-                    RTCSessionDescription(sdp=without_mdns_candidates(sdp), type="answer")
-                )
-            except (
-                InputError,
-                ValueError,
-                AssertionError,
-                InvalidAccessError,
-                InvalidStateError,
-                OperationError,
-            ) as exc:
-                detail = exc.message if isinstance(exc, InputError) else str(exc)
+                await subscriber.accept(msg.sdp)
+            except InputError as exc:
                 log.warning(
                     "%r: answer for %s (offer %d) refused: %s",
                     self,
                     msg.user_session_id,
                     sub.offer_id,
-                    detail,
+                    exc.message,
                 )
-                self._send(error_message(ERR_BAD_ANSWER, f"cannot use this SDP answer: {detail}"))
+                self._send(
+                    error_message(ERR_BAD_ANSWER, f"cannot use this SDP answer: {exc.message}")
+                )
                 await self._drop(sub, "the answer was refused")
                 return
             log.info(
                 "%r: answer for %s (H.264 answered as %s)",
                 self,
                 msg.user_session_id,
-                ", ".join(answered.values()) or "-",
+                subscriber.video_profile_level_id or "-",
             )
 
     async def _drop_all(self, reason: str) -> None:
@@ -891,41 +761,14 @@ class SignalingClient:
         await self._teardown(sub)
         self._offers += 1
         sub.offer_id = self._offers
-        sfu = self.signaling.sfu
-        pc = RTCPeerConnection(sfu.ice.rtc_configuration())
-        sub.pc = pc
-        sub.sources = dict(sources)
-        transceivers: dict[Kind, RTCRtpTransceiver] = {}
+        subscriber = Subscriber(self.signaling.sfu, sources)
+        sub.subscriber = subscriber
         try:
-            for kind in (Kind.VIDEO, Kind.AUDIO):
-                source = sources.get(kind)
-                if source is None:
-                    continue
-                bridge = sfu.acquire_bridge(source)
-                sub.bridges.append(bridge)
-                track, transceiver = add_viewer_track(pc, bridge)
-                sub.tracks.append(track)
-                plid = _h264_profile(bridge)
-                if plid is not None:
-                    preferences = h264_offer_preferences(plid)
-                elif isinstance(bridge, ForwardBridge):
-                    preferences = codec_preferences(kind.value, bridge.codec)  # as sent
-                else:
-                    preferences = opus_preferences()
-                transceiver.setCodecPreferences(preferences)
-                transceivers[kind] = transceiver
-            await pc.setLocalDescription(await pc.createOffer())
-            profiles: dict[str, str] = {}
-            for kind, transceiver in transceivers.items():
-                mid = transceiver.mid or ""
-                sub.offered_codecs[mid] = list(transceiver._codecs)
-                video = next(b for b in sub.bridges if b.kind is kind)
-                if (plid := _h264_profile(video)) is not None:
-                    profiles[mid] = plid
-            sdp = sfu.ice.advertise(offer_with_profiles(pc.localDescription.sdp, profiles))
+            sdp = await subscriber.offer()
         except BaseException:
             await self._teardown(sub)
             raise
+        pc = subscriber.pc
         self._watch(sub, pc)
         self._send(
             {
@@ -941,7 +784,7 @@ class SignalingClient:
             self,
             sub.offer_id,
             sub.user_session_id,
-            ", ".join(repr(b) for b in sub.bridges),
+            subscriber,
         )
 
     def _watch(self, sub: MediaSubscription, pc: RTCPeerConnection) -> None:
@@ -974,21 +817,10 @@ class SignalingClient:
             if task is not None and task is not current:
                 task.cancel()
         sub.settle = sub.watchdog = None
-        pc, sub.pc = sub.pc, None
-        tracks, sub.tracks = sub.tracks, []
-        bridges, sub.bridges = sub.bridges, []
-        sub.sources = {}
-        sub.offered_codecs = {}
+        subscriber, sub.subscriber = sub.subscriber, None
         sub.connected = asyncio.Event()
-        for track in tracks:
-            track.stop()
-        if pc is not None:
-            try:
-                await pc.close()
-            except Exception:
-                log.exception("%r: closing the connection of %s", self, sub.user_session_id)
-        for bridge in bridges:
-            await self.signaling.sfu.release_bridge(bridge)
+        if subscriber is not None:
+            await subscriber.close()
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)

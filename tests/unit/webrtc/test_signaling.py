@@ -32,8 +32,11 @@ from ingest.calls.service import (
 from ingest.errors import InputError, NotFoundError, PermissionDeniedError
 from ingest.media.hub import Hub
 from ingest.media.units import AudioConfig, Kind, VideoConfig
+from ingest.webrtc import negotiation
 from ingest.webrtc import signaling as sig
+from ingest.webrtc.bridge import VideoBridge
 from ingest.webrtc.sfu import MAX_OFFER_BYTES, SFU
+from ingest.webrtc.subscriber import send_preferences
 from tests.unit.webrtc.offers import CHROME
 
 CID, UID = "livestream:show", "alice"
@@ -217,7 +220,7 @@ async def test_outbox_get_waits_for_an_item() -> None:
 
 
 def test_offer_names_the_streams_profile() -> None:
-    sdp = sig.offer_with_profiles(CHROME, {"1": "640028"})
+    sdp = negotiation.offer_with_profiles(CHROME, {"1": "640028"})
     video = sdp.split("m=video")[1]
     h264 = [line for line in video.splitlines() if line.startswith("a=fmtp:") and "profile" in line]
     assert len(h264) > 1
@@ -227,7 +230,7 @@ def test_offer_names_the_streams_profile() -> None:
     )
     assert sum("profile-level-id=640028" in line for line in h264) == 1
     assert "a=candidate:" in sdp  # candidates survive the rewrite
-    assert sig.offer_with_profiles(CHROME, {}).count("profile-level-id=640028") == 0
+    assert negotiation.offer_with_profiles(CHROME, {}).count("profile-level-id=640028") == 0
 
 
 def test_answer_is_mapped_back_to_aiortcs_entry() -> None:
@@ -241,27 +244,28 @@ def test_answer_is_mapped_back_to_aiortcs_entry() -> None:
             )
         ]
     }
-    sdp, answered = sig.answer_for_aiortc(CHROME, offered)
-    assert answered == {"1": "64001f"}  # what the client said (CHROME's pt 112 is High)
+    sdp, said = negotiation.answer_for_aiortc(CHROME, offered)
+    video = next(m for m in said.media if m.kind == "video")
+    (said_112,) = [c for c in video.rtp.codecs if c.payloadType == 112]
+    assert said_112.parameters["profile-level-id"] == "64001f"  # as the client said it
     assert "profile-level-id=42e01f" in sdp.split("a=fmtp:112 ")[1].splitlines()[0]
     no_h264 = {"1": [RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000, payloadType=7)]}
     with pytest.raises(InputError, match=r"no H\.264"):
-        sig.answer_for_aiortc(CHROME, no_h264)
+        negotiation.answer_for_aiortc(CHROME, no_h264)
     with pytest.raises(InputError, match="not SDP"):
-        sig.answer_for_aiortc("m=video x", offered)
+        negotiation.answer_for_aiortc("m=video x", offered)
 
 
-def test_h264_offer_preferences() -> None:
-    prefs = sig.h264_offer_preferences()
-    assert prefs[0].mimeType == "video/H264"
-    assert prefs[0].parameters["profile-level-id"] == sig.AIORTC_H264_PROFILE
-    assert {p.mimeType for p in prefs[1:]} == {"video/rtx"}
-    assert sig.h264_offer_preferences("42e01e") == prefs  # Constrained Baseline: one entry
-    # any other profile: the entry that carries it, then the Constrained Baseline fallback
-    high = sig.h264_offer_preferences("640028")
-    plids = [p.parameters.get("profile-level-id") for p in high if p.mimeType == "video/H264"]
-    assert plids == [sig.AIORTC_STREAM_ENTRY, sig.AIORTC_H264_PROFILE]
-    assert high[-1].mimeType == "video/rtx"
+def test_h264_send_preferences() -> None:
+    """Every aiortc H.264 entry (the offer rewrites the first to the stream's profile), RTX."""
+    hub = Hub()
+    track = hub.publish(CID, "s1", UID, Kind.VIDEO, HIGH)
+    bridge = VideoBridge(track)
+    prefs = send_preferences(bridge)
+    plids = [p.parameters.get("profile-level-id") for p in prefs if p.mimeType == "video/H264"]
+    assert plids == ["42001f", negotiation.AIORTC_H264_PROFILE]
+    assert {p.mimeType for p in prefs} == {"video/H264", "video/rtx"}
+    hub.close()
 
 
 def test_an_answer_that_rejects_a_section_says_so() -> None:
@@ -278,7 +282,7 @@ def test_an_answer_that_rejects_a_section_says_so() -> None:
     rejected = CHROME.replace("m=video 9 ", "m=video 0 ")
     assert rejected != CHROME
     with pytest.raises(InputError, match=r"rejects the video section \(mid 1, port 0\)"):
-        sig.answer_for_aiortc(rejected, offered)
+        negotiation.answer_for_aiortc(rejected, offered)
 
 
 # --- subscriptions --------------------------------------------------------------------------
