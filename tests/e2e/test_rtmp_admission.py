@@ -539,8 +539,10 @@ async def test_a_publisher_gets_in_while_1000_hostile_connections_attack(
     # gets little CPU to reconnect, but what it had open still weighs on the server)
     if mode == "trickle":
         assert open_during >= HOSTILE * 0.8
-    else:
+    elif mode == "noread":
         assert open_during + accepted_during >= HOSTILE // 2
+    # flood: the refusals below prove the attack (a niced attacker on a busy machine may
+    # reconnect slowly while the publisher gets in: 236 peers were seen in a full-suite run)
     if mode == "flood":  # refusals cost no queries beyond the first (per CACHE_TTL)
         assert refused >= HOSTILE // 2
         assert queries < refused / 20
