@@ -2,10 +2,11 @@
 
 A viewer sends an SDP offer (WHEP) for one publishing participant; :meth:`SFU.subscribe` answers
 with that participant's audio and video through a :class:`~ingest.webrtc.subscriber.Subscriber`
-(the peer connection the call WebSocket uses too). Media is never decoded per viewer: each hub track has one
-shared :class:`~ingest.webrtc.bridge.TrackBridge` (passthrough, or one transcoder for everybody)
-and each viewer has its own bounded reader on the bridge's output, so a slow viewer only drops
-its own frames (video: to the next keyframe) and never stalls the publisher or other viewers.
+(the peer connection the call WebSocket uses too). Media is never decoded per viewer: each hub
+track has one shared :class:`~ingest.webrtc.bridge.TrackBridge` (passthrough, or one transcoder
+for everybody) and each viewer has its own bounded reader on the bridge's output, so a slow
+viewer only drops its own frames (video: to the next keyframe) and never stalls the publisher or
+other viewers.
 A bridge lives while it has viewers.
 
 ICE: the deployment's STUN/TURN servers and public addresses (:mod:`ingest.webrtc.ice`; none by
