@@ -20,12 +20,12 @@ Here:
 * :func:`install` also switches the sender to :class:`~ingest.webrtc.sending.LeanRtpSender`,
   our RTP send loop (the per-packet work that remains per viewer: header, SRTP, ``sendto``).
 
-**Private aiortc internals** (aiortc 1.16): :func:`install` sets the name-mangled
-``RTCRtpSender.__encoder`` (the packer our loop calls) and
-``RTCRtpSender.__rtp_header_extensions_map`` (configured in ``send()``). :func:`check_aiortc`
-runs at import and verifies that aiortc's sender still has those names (``sending`` checks what
-its loop uses); if aiortc changes them, importing this module (so starting the server) fails
-with :class:`AiortcChanged` instead of sending with aiortc's own encoder.
+**Private aiortc internals** (the sender's name-mangled ``__encoder`` and
+``__rtp_header_extensions_map``, aiortc's H.264 packetizer) are used only through
+:mod:`~ingest.webrtc.aiortc_compat` (:func:`~ingest.webrtc.aiortc_compat.prepare_sender`,
+:func:`~ingest.webrtc.aiortc_compat.packetize_h264`), checked there when it is imported: if
+aiortc changes them, the server does not start (:class:`AiortcChanged`) instead of sending with
+aiortc's own encoder.
 """
 
 from __future__ import annotations
@@ -35,13 +35,14 @@ from fractions import Fraction
 from typing import Any
 
 from aiortc.codecs.base import Encoder
-from aiortc.codecs.h264 import H264Encoder
 from aiortc.rtcrtpparameters import RTCRtpParameters
 from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtp import HeaderExtensions, HeaderExtensionsMap
 
 from ingest.media.units import MediaUnit
-from ingest.webrtc.sending import AiortcChanged as AiortcChanged  # re-exported
+from ingest.webrtc.aiortc_compat import AiortcChanged as AiortcChanged  # re-exported
+from ingest.webrtc.aiortc_compat import packetize_h264 as packetize_h264  # re-exported
+from ingest.webrtc.aiortc_compat import prepare_sender, sender_packer
 from ingest.webrtc.sending import LeanRtpSender
 
 VIDEO_TIME_BASE = Fraction(1, 90_000)
@@ -52,9 +53,6 @@ AUDIO_TIME_BASE = Fraction(1, 48_000)
 PAYLOAD_CACHE_UNITS = 90
 """H.264 units whose payloads a :class:`PayloadCache` keeps (3 s at 30 fps): every live viewer
 packs the newest unit within milliseconds of the others; a joiner's GOP backlog mostly hits too."""
-
-_ENCODER_ATTR = "_RTCRtpSender__encoder"
-_EXTENSIONS_ATTR = "_RTCRtpSender__rtp_header_extensions_map"
 
 _MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 _ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
@@ -77,12 +75,6 @@ class UnitPacket:
 
     def __repr__(self) -> str:
         return f"<UnitPacket pts={self.pts} {len(self.unit.data)} bytes>"
-
-
-def packetize_h264(data: bytes) -> list[bytes]:
-    """An Annex B access unit as RTP payloads (FU-A / STAP-A / single NAL), by aiortc's own
-    packetizer: exactly what ``H264Encoder.pack`` would send."""
-    return H264Encoder._packetize(H264Encoder._split_bitstream(data))
 
 
 class PayloadCache:
@@ -229,47 +221,13 @@ class HeaderExtensionsWriter(HeaderExtensionsMap):
         return 0xBEDE, value + b"\x00" * (-len(value) % 4)
 
 
-def check_aiortc() -> None:
-    """Raise :class:`AiortcChanged` unless aiortc's sender uses the internals we set."""
-    problems = []
-    init_names = RTCRtpSender.__init__.__code__.co_names
-    for attr in (_ENCODER_ATTR, _EXTENSIONS_ATTR):
-        if attr not in init_names:
-            problems.append(f"RTCRtpSender.__init__ no longer sets {attr}")
-    for name in ("_packetize", "_split_bitstream"):
-        if not callable(getattr(H264Encoder, name, None)):
-            problems.append(f"aiortc's H264Encoder has no {name}()")
-    if problems:
-        raise AiortcChanged(
-            "this aiortc version's RTP sender does not match ingest.webrtc.packing (written for "
-            "aiortc 1.16): " + "; ".join(problems)
-        )
-
-
 def install(sender: RTCRtpSender, packer: Encoder) -> None:
     """Make a new (not yet started) sender pack with ``packer``, write header extensions with a
     :class:`HeaderExtensionsWriter` and send with our RTP loop
     (:class:`~ingest.webrtc.sending.LeanRtpSender`). Call it right after ``addTransceiver``."""
-    if type(sender) is LeanRtpSender:
-        raise RuntimeError(f"{sender!r} already has an encoder (install once, before it starts)")
-    if type(sender) is not RTCRtpSender:
-        raise AiortcChanged(f"{sender!r} is a {type(sender)}, not aiortc's RTCRtpSender")
-    attrs = vars(sender)
-    if _ENCODER_ATTR not in attrs or _EXTENSIONS_ATTR not in attrs:
-        raise AiortcChanged(f"{sender!r} lacks {_ENCODER_ATTR} / {_EXTENSIONS_ATTR}")
-    if attrs[_ENCODER_ATTR] is not None:
-        raise RuntimeError(f"{sender!r} already has an encoder (install before it starts)")
-    if not isinstance(attrs[_EXTENSIONS_ATTR], HeaderExtensionsMap):
-        raise AiortcChanged(f"{sender!r}'s {_EXTENSIONS_ATTR} is not a HeaderExtensionsMap")
-    setattr(sender, _ENCODER_ATTR, packer)
-    setattr(sender, _EXTENSIONS_ATTR, HeaderExtensionsWriter())
-    sender.__class__ = LeanRtpSender  # our RTP loop (see ingest.webrtc.sending)
+    prepare_sender(sender, packer, HeaderExtensionsWriter(), LeanRtpSender)
 
 
 def installed_packer(sender: RTCRtpSender) -> Encoder | None:
     """The packer a sender uses (for tests and checks)."""
-    packer: Encoder | None = vars(sender).get(_ENCODER_ATTR)
-    return packer
-
-
-check_aiortc()
+    return sender_packer(sender)

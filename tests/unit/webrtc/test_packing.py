@@ -32,6 +32,7 @@ from aiortc.rtp import (
 
 from ingest.media.hub import Track
 from ingest.media.units import Kind, MediaUnit, VideoConfig
+from ingest.webrtc.aiortc_compat import check as check_aiortc
 from ingest.webrtc.bridge import OPUS_CONFIG, VideoBridge
 from ingest.webrtc.packing import (
     AUDIO_TIME_BASE,
@@ -42,7 +43,6 @@ from ingest.webrtc.packing import (
     OpusPacker,
     PayloadCache,
     UnitPacket,
-    check_aiortc,
     install,
     installed_packer,
     packetize_h264,

@@ -16,16 +16,16 @@ from pylibsrtp import Policy, Session
 
 from ingest.media.hub import Track
 from ingest.media.units import Kind
-from ingest.webrtc.packing import PayloadCache, install, packetize_h264
-from ingest.webrtc.sending import (
+from ingest.webrtc.aiortc_compat import (
     SRTP_BUFFER_BYTES,
     SRTP_MAX_TRAILER_BYTES,
     AiortcChanged,
-    LeanRtpSender,
-    _route,
-    check_aiortc,
     protect_in_place,
 )
+from ingest.webrtc.aiortc_compat import check as check_aiortc
+from ingest.webrtc.aiortc_compat import udp_route as _route
+from ingest.webrtc.packing import PayloadCache, install, packetize_h264
+from ingest.webrtc.sending import LeanRtpSender
 from ingest.webrtc.tracks import PassthroughVideoTrack
 from tests.unit.webrtc.test_packing import (
     VCFG,
