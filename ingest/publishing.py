@@ -70,7 +70,6 @@ class LivePublisher:
         track = self.tracks[kind] = self.publishers.hub.publish(
             p.call_cid, p.session_id, p.user_id, kind, config
         )
-        p.tracks.append(kind.value)
         log.info(
             "%s publishes %s in %s (%s, %s)",
             p.user_id,

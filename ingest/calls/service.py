@@ -14,7 +14,7 @@ import re
 import secrets
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -64,7 +64,9 @@ SERVER = Caller(server=True)
 
 @dataclass(slots=True)
 class Participant:
-    """Someone connected to a call's session (an RTMP publisher or a WebRTC client)."""
+    """Someone connected to a call's session (an RTMP publisher or a WebRTC client): an entry of
+    the call's one roster (:attr:`CallService.participants`). Its tracks are the hub's, under
+    :attr:`session_id` (``Hub.participant(call_cid, session_id)``), not kept here."""
 
     call_cid: str
     user_id: str
@@ -75,7 +77,6 @@ class Participant:
     token_issued_at: int | None = None
     disconnect: Callable[[str], None] | None = None
     health: Callable[[], dict[str, Any]] | None = None
-    tracks: list[str] = field(default_factory=list)
 
 
 WATCH_CAPABILITIES = frozenset({caps.JOIN_CALL, caps.JOIN_BACKSTAGE})

@@ -493,7 +493,9 @@ def _check_config(kind: Kind, config: TrackConfig) -> None:
 
 
 class Participant:
-    """A publisher in a call (an RTMP encoder or a browser host) and its live tracks."""
+    """A publisher in a call (an RTMP encoder or a browser host) and its live tracks. Who it is
+    lives on the call's roster (``CallService.participants``): ``participant_id`` is that entry's
+    ``session_id``, and the hub keeps only the tracks (and the user id they carry)."""
 
     __slots__ = ("call_cid", "participant_id", "tracks", "user_id")
 

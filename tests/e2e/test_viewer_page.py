@@ -140,5 +140,9 @@ async def test_viewer_page_plays_obs_defaults_obs_md_and_a_whip_host(server: App
             cid = f"{CALL_TYPE}:{CALL_ID}"
             assert server.sfu.transcoding(cid, usids["alice"])
             assert not server.sfu.transcoding(cid, usids["bob"])
+            # one roster: the hub's publishers are the roster's entries, by their session id
+            roster = server.calls.participants[cid]
+            assert {p.participant_id for p in server.hub.participants(cid)} == set(roster)
+            assert {roster[u].user_id for u in usids.values()} == {"alice", "bob", "carol"}
     finally:
         await carol.close()
