@@ -808,6 +808,16 @@ class SignalingClient:
     async def _lost(self, sub: MediaSubscription, pc: RTCPeerConnection, reason: str) -> None:
         async with self._lock:
             if sub.pc is pc and self.subscriptions.get(sub.user_session_id) is sub:
+                unanswered = sub.subscriber is not None and sub.subscriber.awaits_answer
+                log.warning(
+                    "%r: subscription to %s ends: %s%s",
+                    self,
+                    sub.user_session_id,
+                    reason,
+                    f" (offer {sub.offer_id} was never answered: did the client refuse it?)"
+                    if unanswered
+                    else "",
+                )
                 await self._drop(sub, reason)
 
     async def _teardown(self, sub: MediaSubscription) -> None:

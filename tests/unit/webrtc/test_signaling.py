@@ -554,9 +554,64 @@ async def test_a_browser_without_high_takes_the_fallback_entry(
         assert sub_pc is not None
         assert sub_pc.signalingState == "stable"
         assert sent(client) == []
+        subscriber = client.subscriptions["s1"].subscriber
+        assert subscriber is not None
+        assert subscriber.video_profile_level_id == "42e01f"  # the fallback entry
     finally:
         await client.cleanup()
         await pc.close()
+
+
+@pytest.mark.usefixtures("chrome_like")
+async def test_a_browser_with_high_gets_the_streams_profile(
+    signaling: sig.Signaling, calls: FakeCalls
+) -> None:
+    """The same offer to a client that lists High: it accepts both entries, the sender sends
+    the stream's (the entry WHEP would answer it with)."""
+    calls.join("s1")
+    signaling.hub.publish(CID, "s1", UID, Kind.VIDEO, HIGH)
+    signaling.hub.publish(CID, "s1", UID, Kind.AUDIO, AAC)
+    client = make_client(signaling)
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        await client.subscribe("s1")
+        _, offer = sent(client)
+        await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        await client.answer(sig.Answer("s1", pc.localDescription.sdp, offer["offer_id"]))
+        subscriber = client.subscriptions["s1"].subscriber
+        assert subscriber is not None
+        assert subscriber.video_profile_level_id == "640028"
+    finally:
+        await client.cleanup()
+        await pc.close()
+
+
+async def test_an_offer_never_answered_is_dropped_and_logged(
+    calls: FakeCalls, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that refuses our offer in its browser sends no answer: the subscription ends
+    when the connect timeout is over, and the server's log says the offer was never answered."""
+    hub = Hub()
+    sfu = SFU(hub, connect_timeout=0.05)
+    signaling = sig.Signaling(cast(CallService, calls), hub, sfu, track_settle=0.0)
+    calls.join("s1")
+    hub.publish(CID, "s1", UID, Kind.VIDEO, HIGH)
+    hub.publish(CID, "s1", UID, Kind.AUDIO, AAC)
+    client = make_client(signaling)
+    caplog.set_level("WARNING", "ingest.webrtc.signaling")
+    try:
+        await client.subscribe("s1")
+        assert types(sent(client)) == ["subscribed", "offer"]
+        dropped = await asyncio.wait_for(client.outbox.get(), 10)
+        assert isinstance(dropped, dict)
+        assert dropped["type"] == "unsubscribed"
+        assert "not made in time" in dropped["reason"]
+        assert "was never answered" in caplog.text
+    finally:
+        await client.cleanup()
+        await sfu.stop()
+        hub.close()
 
 
 @pytest.mark.usefixtures("chrome_like")
