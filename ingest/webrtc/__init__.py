@@ -4,7 +4,10 @@
   48 kHz) from hub readers.
 * :mod:`.bridge`: one shared bridge per hub track (passthrough, B-frame removal, AAC → Opus)
   publishing into an internal hub track that viewers read.
-* :mod:`.negotiation`: the answer's H.264 ``profile-level-id`` is the stream's.
-* :mod:`.sfu`: viewer peer connections and sessions.
-* :mod:`.whep`: the WHEP HTTP endpoints.
+* :mod:`.negotiation`: the H.264 the sender sends is chosen from the remote's list, named with
+  the stream's ``profile-level-id``.
+* :mod:`.subscriber`: one viewer peer connection (answers WHEP, offers on the call WebSocket).
+* :mod:`.sfu`: WHEP viewer sessions and the shared bridges.
+* :mod:`.whep`: the WHEP HTTP endpoints; :mod:`.signaling`: the call WebSocket.
+* :mod:`.aiortc_compat`: every use of aiortc / aioice / pylibsrtp internals, checked at import.
 """
