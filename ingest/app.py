@@ -262,7 +262,6 @@ class App:
             storage_label=str(recordings),
         )
         self.calls.egress = self.egress
-        self.ingress = RtmpIngress(self.calls, self.hub, transcoding=self.sfu.transcoding)
         for call in await self.store.calls_with_egress():  # a restart resumes what was on
             if call.ended_at is not None:
                 continue
@@ -272,6 +271,7 @@ class App:
                 self.egress.start_hls(call.cid)
             if call.recording:
                 self.egress.start_recording(call.cid, call.current_session_id)
+        self.ingress = RtmpIngress(self.calls, self.hub, transcoding=self.sfu.transcoding)
         self.rtmp = RTMPServer(
             self.ingress,
             s.host,
