@@ -64,18 +64,21 @@ def run_all(
     log: Callable[[str], None] | None = None,
 ) -> tuple[list[dict[str, Any]], Report]:
     """Every benchmark: the parser, the bridge's latency / first frame / CPU rows, the B-frame
-    first-frame row, the WHIP forwarding rows (:mod:`.forwarding`), then ``compare`` and
-    ``scale`` against the ffmpeg baseline. Returns the rows measured here (bridge CPU rows with
-    their ratios) and the comparison's report (whose own rows are ``report.rows()``)."""
+    first-frame row, the WHIP forwarding rows (:mod:`.forwarding`), the HLS rows (:mod:`.hls`),
+    then ``compare`` and ``scale`` against the ffmpeg baseline. Returns the rows measured here
+    (bridge CPU rows with their ratios) and the comparison's report (its own rows:
+    ``report.rows()``)."""
     from . import compare
     from .bridge import bench_bridge, bench_first_frame_bframes
     from .forwarding import bench_forwarding
+    from .hls import bench_hls
 
     say = log or (lambda _: None)
     rows = parser_rows(seconds)
     rows += bench_bridge(seconds, log=say)
     rows.append(bench_first_frame_bframes(say))
     rows += bench_forwarding(seconds, log=say)  # WHIP: forwarded as received
+    rows += bench_hls(seconds, log=say)  # LL-HLS part latency, remux and composite CPU
     report = compare.run(plan, log=say)
     apply_baseline(rows, report)
     return rows, report
