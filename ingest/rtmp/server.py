@@ -19,7 +19,9 @@ Admission, before anyone is authenticated (what one hostile client may hold):
   its queued decision cancelled).
 - When all ``max_connections`` are taken, a new connection closes the oldest connection whose
   publish is not accepted yet and that is older than ``eviction_age`` (a publisher mid-admission
-  is spared); if there is none, the new connection is refused.
+  is spared); if there is none, the address holding the most connections gives up its oldest
+  unadmitted one when it holds more than the newcomer's address would (young connections renewed
+  by a few addresses cannot lock the others out); otherwise the new connection is refused.
 - Unadmitted peers share :data:`PREAUTH_SLICE` of each event-loop turn (what they send beyond
   it waits a turn, with reading paused; those that sent under :data:`LIGHT_BYTES` first), are
   read :data:`READ_SIZE_BEFORE_PUBLISH` bytes at a time, and the sans-I/O connection closes
@@ -659,6 +661,8 @@ class RTMPServer:
         if len(self._peers) >= self.max_connections:
             victim = next((p for p in self._unadmitted if p.evictable), None)
             if victim is None:
+                victim = self._crowding_victim(open_here)
+            if victim is None:
                 self.quiet.log(
                     logging.WARNING,
                     "refusing %s: %d connections open (limit %d)",
@@ -682,6 +686,25 @@ class RTMPServer:
         self._by_address[peer.address] = open_here + 1
         self._changed()
         return True
+
+    def _crowding_victim(self, open_here: int) -> _Peer | None:
+        """Full, and no connection old enough to close: the address holding the most
+        connections gives up its oldest unadmitted one, if it holds more than the newcomer's
+        address would. Young connections that a few addresses keep renewing (a churning
+        attacker) then cannot lock everybody else out."""
+        if not self._by_address:
+            return None
+        crowded, held = max(self._by_address.items(), key=lambda item: item[1])
+        if held <= open_here + 1:
+            return None
+        return next(
+            (
+                p
+                for p in self._unadmitted
+                if p.address == crowded and not p._deciding and not p._closing
+            ),
+            None,
+        )
 
     # -- publish decisions: at most max_decisions runners, each takes the queue in order ------
 

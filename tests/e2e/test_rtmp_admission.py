@@ -288,6 +288,26 @@ async def test_a_full_server_spares_young_connections() -> None:
         second.close()
 
 
+async def test_a_full_server_takes_room_from_the_most_crowded_address() -> None:
+    """Young connections from one address hold every slot: a newcomer from another address
+    still gets in (one of the crowd is closed); one more from the crowd does not."""
+    handler = Gatekeeper()
+    async with rtmp_server(handler, max_connections=3, eviction_age=60.0) as srv:
+        crowd = [await Peer.open(srv.port, source="127.0.3.1") for _ in range(3)]
+        for p in crowd:
+            assert await p.until(lambda p=p: bool(p.client.s0s1s2))  # type: ignore[misc]
+        newcomer = await Peer.open(srv.port, source="127.0.3.2")
+        assert await newcomer.until(lambda: bool(newcomer.client.s0s1s2))
+        assert await crowd[0].closed_by_server()  # the crowd's oldest made room
+        assert srv.connections == 3
+        again = await Peer.open(srv.port, source="127.0.3.1")
+        again.send()
+        assert await again.closed_by_server()  # the crowd gets no room from itself
+        assert not again.client.s0s1s2
+        for p in (*crowd, newcomer, again):
+            p.close()
+
+
 async def test_a_peer_that_does_not_read_is_closed_past_the_write_buffer_limit(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
