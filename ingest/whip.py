@@ -44,7 +44,6 @@ from fastapi import APIRouter, Request, Response
 
 from .calls.service import CallService, Participant
 from .errors import IngestError, InputError, MediaError, NotFoundError, RateLimitedError
-from .http import PayloadTooLargeError, read_body
 from .media.codecs.h264 import parse_sps, split_annexb
 from .media.hub import Hub
 from .media.units import AudioConfig, Kind, MediaUnit, VideoConfig
@@ -66,10 +65,12 @@ from .webrtc.ice import IcePolicy
 from .webrtc.negotiation import without_mdns_candidates
 from .webrtc.whep import (
     CORS_HEADERS,
-    SDP_MEDIA_TYPE,
-    UnsupportedMediaTypeError,
-    bearer_token,
+    created,
     error_response,
+    no_trickle,
+    offer_preflight,
+    read_offer,
+    refused,
 )
 
 log = logging.getLogger("ingest.whip")
@@ -478,31 +479,15 @@ def build_whip_router(ingress: WhipIngress) -> Any:
     async def whip_publish(request: Request, call_type: str, call_id: str) -> Response:
         """Answer a publisher's SDP offer: it becomes a participant of the call."""
         try:
-            token = bearer_token(request)
-            content_type = request.headers.get("content-type", "")
-            if content_type.split(";")[0].strip().lower() != SDP_MEDIA_TYPE:
-                raise UnsupportedMediaTypeError(
-                    f"send the SDP offer as Content-Type: {SDP_MEDIA_TYPE}, not {content_type!r}"
-                )
-            body = await read_body(request, MAX_WHIP_OFFER_BYTES, "the SDP offer")
-            try:
-                offer = body.decode()
-            except UnicodeDecodeError as exc:
-                raise InputError("the SDP offer is not UTF-8 text") from exc
+            token, offer = await read_offer(request, MAX_WHIP_OFFER_BYTES)
             client = request.client
             peer = f"{client.host}:{client.port}" if client else ""
             answer, session_id = await ingress.publish(token, call_type, call_id, offer, peer)
         except IngestError as exc:
-            response = error_response(exc)
-            if isinstance(exc, PayloadTooLargeError):
-                response.headers["Connection"] = "close"
-            return response
-        location = request.url_for("whip_session", session_id=session_id).path
-        headers = {**CORS_HEADERS, "Location": location}
-        links = ingress.ice.link_headers(f"whip-{session_id[:8]}")
-        if links:
-            headers["Link"] = ", ".join(links)
-        return Response(answer, status_code=201, media_type=SDP_MEDIA_TYPE, headers=headers)
+            return refused(exc)
+        return created(
+            request, "whip_session", session_id, answer, ingress.ice, f"whip-{session_id[:8]}"
+        )
 
     @router.delete("/whip/session/{session_id}", name="whip_session")
     async def whip_delete(session_id: str) -> Response:
@@ -516,20 +501,12 @@ def build_whip_router(ingress: WhipIngress) -> Any:
     @router.patch("/whip/session/{session_id}")
     async def whip_patch(session_id: str) -> Response:
         """Trickle ICE / ICE restart: not supported (the answer carries every candidate)."""
-        exc = InputError("trickle ICE is not supported: the answer has every candidate")
-        exc.status = 405
-        response = error_response(exc)
-        response.headers["Allow"] = "DELETE, OPTIONS"
-        return response
+        return no_trickle()
 
     @router.options("/whip/{call_type}/{call_id}")
     async def whip_preflight(call_type: str, call_id: str) -> Response:
-        """CORS preflight of the offer POST; announces the ICE servers too."""
-        headers = {**CORS_HEADERS, "Accept-Post": SDP_MEDIA_TYPE}
-        links = ingress.ice.link_headers(f"whip-{call_type}-{call_id}")
-        if links:
-            headers["Link"] = ", ".join(links)
-        return Response(status_code=204, headers=headers)
+        """CORS preflight of the offer POST (with the ICE servers)."""
+        return offer_preflight(ingress.ice, f"whip-{call_type}-{call_id}")
 
     @router.options("/whip/session/{session_id}")
     async def whip_session_preflight(session_id: str) -> Response:

@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse
 from ingest.calls.service import CUT_REVOKED, WatchGrant
 from ingest.errors import AuthenticationError, IngestError, InputError, PermissionDeniedError
 from ingest.http import PayloadTooLargeError, read_body
+from ingest.webrtc.ice import IcePolicy
 from ingest.webrtc.sfu import MAX_OFFER_BYTES, SFU
 
 Authorize = Callable[[str, str, str, str], Awaitable[WatchGrant]]
@@ -68,6 +69,63 @@ def bearer_token(request: Request) -> str:
     return token
 
 
+async def read_offer(request: Request, limit: int) -> tuple[str, str]:
+    """The bearer token and the SDP offer of a WHIP or WHEP POST (RFC 9725): the offer must be
+    ``application/sdp`` UTF-8 text, read while it streams in (a huge body costs at most
+    ``limit`` bytes)."""
+    token = bearer_token(request)
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != SDP_MEDIA_TYPE:
+        raise UnsupportedMediaTypeError(
+            f"send the SDP offer as Content-Type: {SDP_MEDIA_TYPE}, not {content_type!r}"
+        )
+    body = await read_body(request, limit, "the SDP offer")
+    try:
+        return token, body.decode()
+    except UnicodeDecodeError as exc:
+        raise InputError("the SDP offer is not UTF-8 text") from exc
+
+
+def refused(exc: IngestError) -> Response:
+    """A refused offer POST (a too large body also closes the connection)."""
+    response = error_response(exc)
+    if isinstance(exc, PayloadTooLargeError):
+        response.headers["Connection"] = "close"  # the rest of the body is not wanted
+    return response
+
+
+def _with_links(headers: dict[str, str], ice: IcePolicy, user: str) -> dict[str, str]:
+    links = ice.link_headers(user)  # STUN/TURN servers (RFC 9725 4.6)
+    if links:
+        headers["Link"] = ", ".join(links)
+    return headers
+
+
+def created(
+    request: Request, route: str, session_id: str, answer: str, ice: IcePolicy, user: str
+) -> Response:
+    """``201 Created``: the answer, the session's ``Location`` and the ICE servers."""
+    location = request.url_for(route, session_id=session_id).path
+    headers = _with_links({**CORS_HEADERS, "Location": location}, ice, user)
+    return Response(answer, status_code=201, media_type=SDP_MEDIA_TYPE, headers=headers)
+
+
+def offer_preflight(ice: IcePolicy, user: str) -> Response:
+    """CORS preflight of the offer POST; also announces the ICE servers, so a client that
+    gathers before it offers (no trickle) can use TURN from its first offer."""
+    headers = _with_links({**CORS_HEADERS, "Accept-Post": SDP_MEDIA_TYPE}, ice, user)
+    return Response(status_code=204, headers=headers)
+
+
+def no_trickle() -> Response:
+    """PATCH (trickle ICE, ICE restart): not supported, the answer carries every candidate."""
+    exc = InputError("trickle ICE is not supported: the answer has every candidate")
+    exc.status = 405
+    response = error_response(exc)
+    response.headers["Allow"] = "DELETE, OPTIONS"
+    return response
+
+
 def build_whep_router(sfu: SFU, authorize: Authorize) -> APIRouter:
     """The WHEP endpoints, serving viewers from ``sfu``."""
     router = APIRouter(tags=["whep"])
@@ -78,31 +136,14 @@ def build_whep_router(sfu: SFU, authorize: Authorize) -> APIRouter:
     ) -> Response:
         """Answer a viewer's SDP offer with the media user_id publishes in the call."""
         try:
-            token = bearer_token(request)
-            content_type = request.headers.get("content-type", "")
-            if content_type.split(";")[0].strip().lower() != SDP_MEDIA_TYPE:
-                raise UnsupportedMediaTypeError(
-                    f"send the SDP offer as Content-Type: {SDP_MEDIA_TYPE}, not {content_type!r}"
-                )
-            # checked while it streams in: a huge body costs us at most the limit
-            body = await read_body(request, MAX_OFFER_BYTES, "the SDP offer")
-            try:
-                offer = body.decode()
-            except UnicodeDecodeError as exc:
-                raise InputError("the SDP offer is not UTF-8 text") from exc
+            token, offer = await read_offer(request, MAX_OFFER_BYTES)
             grant = await authorize(token, call_type, call_id, user_id)
             answer, session_id = await _subscribe(sfu, grant, offer)
         except IngestError as exc:
-            response = error_response(exc)
-            if isinstance(exc, PayloadTooLargeError):
-                response.headers["Connection"] = "close"  # the rest of the body is not wanted
-            return response
-        location = request.url_for("whep_session", session_id=session_id).path
-        headers = {**CORS_HEADERS, "Location": location}
-        links = sfu.ice.link_headers(f"whep-{session_id[:8]}")  # STUN/TURN (RFC 9725 4.6)
-        if links:
-            headers["Link"] = ", ".join(links)
-        return Response(answer, status_code=201, media_type=SDP_MEDIA_TYPE, headers=headers)
+            return refused(exc)
+        return created(
+            request, "whep_session", session_id, answer, sfu.ice, f"whep-{session_id[:8]}"
+        )
 
     @router.delete("/whep/session/{session_id}", name="whep_session")
     async def whep_delete(session_id: str) -> Response:
@@ -116,21 +157,12 @@ def build_whep_router(sfu: SFU, authorize: Authorize) -> APIRouter:
     @router.patch("/whep/session/{session_id}")
     async def whep_patch(session_id: str) -> Response:
         """Trickle ICE / ICE restart: not supported (the answer carries every candidate)."""
-        exc = InputError("trickle ICE is not supported: the answer has every candidate")
-        exc.status = 405
-        response = error_response(exc)
-        response.headers["Allow"] = "DELETE, OPTIONS"
-        return response
+        return no_trickle()
 
     @router.options("/whep/{call_type}/{call_id}/{user_id}")
     async def whep_preflight(call_type: str, call_id: str, user_id: str) -> Response:
-        """CORS preflight of the offer POST; also announces the ICE servers, so a client that
-        gathers before it offers (no trickle) can use TURN from its first offer."""
-        headers = {**CORS_HEADERS, "Accept-Post": SDP_MEDIA_TYPE}
-        links = sfu.ice.link_headers(f"whep-{call_type}-{call_id}")
-        if links:
-            headers["Link"] = ", ".join(links)
-        return Response(status_code=204, headers=headers)
+        """CORS preflight of the offer POST (with the ICE servers)."""
+        return offer_preflight(sfu.ice, f"whep-{call_type}-{call_id}")
 
     @router.options("/whep/session/{session_id}")
     async def whep_session_preflight(session_id: str) -> Response:
