@@ -39,6 +39,8 @@ from typing import Any
 
 import httpx
 
+from .child import JsonChild
+
 WIDTH, HEIGHT, FPS, GOP_S = 1920, 1080, 30, 2
 VIDEO_BIT_RATE = "6M"
 MEDIA_SECONDS = 6
@@ -122,11 +124,8 @@ def _instrumented(probe: _Probe) -> Any:
         HubPacketTrack.probe = None
 
 
-class _Child:
+class _Child(JsonChild):
     """A viewer child process: line commands in, JSON lines out."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
 
     @classmethod
     async def start(cls, url: str, token: str, *, decode: bool) -> _Child:
@@ -139,7 +138,7 @@ class _Child:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
         )
-        child = cls(proc)
+        child = cls(proc, STARTUP_TIMEOUT)
         await child.expect("ready")
         return child
 
@@ -148,29 +147,6 @@ class _Child:
         self.proc.stdin.write(command.encode() + b"\n")
         await self.proc.stdin.drain()
         return await self.expect(event)
-
-    async def expect(self, event: str) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        while True:
-            line = await asyncio.wait_for(self.proc.stdout.readline(), STARTUP_TIMEOUT)
-            if not line:
-                raise RuntimeError(f"the viewer process ended (waiting for {event!r})")
-            message: dict[str, Any] = json.loads(line)
-            if message.get("event") == "error":
-                raise RuntimeError(f"viewer process: {message.get('message')}")
-            if message.get("event") == event:
-                return message
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            assert self.proc.stdin is not None
-            with contextlib.suppress(ConnectionError):
-                self.proc.stdin.close()
-            try:
-                await asyncio.wait_for(self.proc.wait(), 10)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
 
 
 async def _cpu_percent(window: float) -> float:

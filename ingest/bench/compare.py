@@ -42,6 +42,8 @@ from typing import Any
 
 import httpx
 
+from .child import JsonChild
+
 # -- the plan ----------------------------------------------------------------------------------
 
 WIDTH, HEIGHT, FPS, GOP_S = 1920, 1080, 30, 2
@@ -240,11 +242,11 @@ async def _push(media: Path, url: str) -> asyncio.subprocess.Process:
     )  # fmt: skip
 
 
-class _ProbeProcess:
+class _ProbeProcess(JsonChild):
     """One viewer process (:mod:`ingest.bench.probe`)."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
+        super().__init__(proc, START_TIMEOUT)
         self.pending = 0  # WHEP viewers asked for, not yet added
 
     @classmethod
@@ -263,32 +265,9 @@ class _ProbeProcess:
         self.proc.stdin.write(json.dumps(message).encode() + b"\n")
         await self.proc.stdin.drain()
 
-    async def expect(self, event: str) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        while True:
-            line = await asyncio.wait_for(self.proc.stdout.readline(), START_TIMEOUT)
-            if not line:
-                raise RuntimeError(f"a viewer process ended (waiting for {event!r})")
-            message: dict[str, Any] = json.loads(line)
-            if message.get("event") == "error":
-                raise RuntimeError(f"viewer process: {message.get('message')}")
-            if message.get("event") == event:
-                return message
-
     async def ask(self, event: str, **message: Any) -> dict[str, Any]:
         await self.send(**message)
         return await self.expect(event)
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            assert self.proc.stdin is not None
-            with contextlib.suppress(ConnectionError):
-                self.proc.stdin.close()
-            try:
-                await asyncio.wait_for(self.proc.wait(), 10)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
 
 
 class _Probes:

@@ -47,6 +47,7 @@ from .bridge import (
     _row,
     _server,
 )
+from .child import stop_process
 
 WIDTH, HEIGHT, FPS = 960, 540, 30
 VIDEO_BIT_RATE = 2_500_000
@@ -102,15 +103,7 @@ class _PublisherChild:
             self._ready.set_exception(RuntimeError("the publisher process ended"))
 
     async def stop(self) -> None:
-        if self.proc.returncode is None:
-            assert self.proc.stdin is not None
-            with contextlib.suppress(ConnectionError):
-                self.proc.stdin.close()
-            try:
-                await asyncio.wait_for(self.proc.wait(), 10)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+        await stop_process(self.proc)
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
