@@ -272,40 +272,11 @@ class App:
             if call.recording:
                 self.egress.start_recording(call.cid, call.current_session_id)
         self.ingress = RtmpIngress(self.calls, self.hub, transcoding=self.sfu.transcoding)
-        self.rtmp = RTMPServer(
-            self.ingress,
-            s.host,
-            s.rtmp_port,
-            max_connections=s.rtmp_max_connections,
-            max_connections_per_address=s.rtmp_max_connections_per_address,
-            idle_timeout=s.rtmp_idle_timeout,
-        )
-        try:
-            await self.rtmp.start()
-        except OSError as e:
-            raise ConfigError(
-                f"cannot listen for RTMP on {s.host}:{s.rtmp_port} ({e.strerror}): "
-                "choose another rtmp_port"
-            ) from None
+        self.rtmp = await self._listen_rtmp(s.rtmp_port, "rtmp_port")
         self.rtmp_port = self.rtmp.port
         self.calls.rtmp_base = f"rtmp://{s.public_host}:{s.public_rtmp_port or self.rtmp_port}"
         if s.rtmps_port is not None:
-            self.rtmps = RTMPServer(
-                self.ingress,
-                s.host,
-                s.rtmps_port,
-                max_connections=s.rtmp_max_connections,
-                max_connections_per_address=s.rtmp_max_connections_per_address,
-                idle_timeout=s.rtmp_idle_timeout,
-                ssl=self.tls,
-            )
-            try:
-                await self.rtmps.start()
-            except OSError as e:
-                raise ConfigError(
-                    f"cannot listen for RTMPS on {s.host}:{s.rtmps_port} ({e.strerror}): "
-                    "choose another rtmps_port"
-                ) from None
+            self.rtmps = await self._listen_rtmp(s.rtmps_port, "rtmps_port", self.tls)
             self.rtmps_port = self.rtmps.port
             # OBS users expect rtmps:// once the server offers it: advertise that.
             port = s.public_rtmps_port or self.rtmps_port
@@ -355,6 +326,31 @@ class App:
             s.host,
             self.rtmp_port,
         )
+
+    async def _listen_rtmp(
+        self, port: int, key: str, tls: ssl.SSLContext | None = None
+    ) -> RTMPServer:
+        """An RTMP (or, with ``tls``, RTMPS) listener for the ingress; ConfigError names ``key``
+        when the port cannot be had."""
+        s = self.settings
+        assert self.ingress is not None
+        server = RTMPServer(
+            self.ingress,
+            s.host,
+            port,
+            max_connections=s.rtmp_max_connections,
+            max_connections_per_address=s.rtmp_max_connections_per_address,
+            idle_timeout=s.rtmp_idle_timeout,
+            ssl=tls,
+        )
+        try:
+            await server.start()
+        except OSError as e:
+            what = "RTMPS" if tls else "RTMP"
+            raise ConfigError(
+                f"cannot listen for {what} on {s.host}:{port} ({e.strerror}): choose another {key}"
+            ) from None
+        return server
 
     def _build_api(self) -> FastAPI:
         api = FastAPI(
