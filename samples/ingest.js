@@ -116,6 +116,32 @@ function iceGathered(pc) {
 }
 
 /**
+ * The WHIP/WHEP exchange (RFC 9725, no trickle): offer with every candidate, POST it, apply the
+ * answer. Closes ``pc`` if anything fails.
+ * @param {RTCPeerConnection} pc
+ * @param {string} url
+ * @param {string} token
+ * @returns {Promise<string>} the session's URL (``Location``), for DELETE
+ */
+async function offerTo(pc, url, token) {
+  try {
+    await pc.setLocalDescription(await pc.createOffer());
+    await iceGathered(pc);
+    const resp = await request(url, {
+      method: "POST",
+      headers: { "Content-Type": "application/sdp", Authorization: `Bearer ${token}` },
+      body: /** @type {RTCSessionDescription} */ (pc.localDescription).sdp,
+    });
+    const location = new URL(resp.headers.get("Location") || "", url).toString();
+    await pc.setRemoteDescription({ type: "answer", sdp: await resp.text() });
+    return location;
+  } catch (e) {
+    pc.close();
+    throw e;
+  }
+}
+
+/**
  * A token shown without its secret part: `eyJhbGci…a1b2c3`.
  * @param {string} token
  * @returns {string}
@@ -325,21 +351,7 @@ export class IngestClient {
     for (const track of stream.getTracks()) {
       pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
     }
-    try {
-      await pc.setLocalDescription(await pc.createOffer());
-      await iceGathered(pc);
-      const resp = await request(url, {
-        method: "POST",
-        headers: { "Content-Type": "application/sdp", Authorization: `Bearer ${this.token}` },
-        body: /** @type {RTCSessionDescription} */ (pc.localDescription).sdp,
-      });
-      const location = new URL(resp.headers.get("Location") || "", url).toString();
-      await pc.setRemoteDescription({ type: "answer", sdp: await resp.text() });
-      return new WhipPublication(pc, location, stream);
-    } catch (e) {
-      pc.close();
-      throw e;
-    }
+    return new WhipPublication(pc, await offerTo(pc, url, this.token), stream);
   }
 
   /**
@@ -358,21 +370,7 @@ export class IngestClient {
     pc.ontrack = (e) => stream.addTrack(e.track);
     pc.addTransceiver("video", { direction: "recvonly" });
     pc.addTransceiver("audio", { direction: "recvonly" });
-    try {
-      await pc.setLocalDescription(await pc.createOffer());
-      await iceGathered(pc);
-      const resp = await request(url, {
-        method: "POST",
-        headers: { "Content-Type": "application/sdp", Authorization: `Bearer ${this.token}` },
-        body: /** @type {RTCSessionDescription} */ (pc.localDescription).sdp,
-      });
-      const location = new URL(resp.headers.get("Location") || "", url).toString();
-      await pc.setRemoteDescription({ type: "answer", sdp: await resp.text() });
-      return new WhepPlayback(pc, location, stream);
-    } catch (e) {
-      pc.close();
-      throw e;
-    }
+    return new WhepPlayback(pc, await offerTo(pc, url, this.token), stream);
   }
 }
 
