@@ -42,15 +42,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import av
-
 from ingest.errors import MediaError
-from ingest.media.codecs.opus import (
-    OPUS_CHANNELS,
-    OPUS_SAMPLE_RATE,
-    OPUS_TIME_BASE,
-    AacToOpus,
-)
+from ingest.media.codecs.opus import OPUS_CHANNELS, OPUS_SAMPLE_RATE, AacToOpus, OpusPacket
 from ingest.media.codecs.transcode import BFrameRemover
 from ingest.media.hub import GOP_CACHE_MAX_UNITS, Reader, Track, TrackEndedError
 from ingest.media.units import AudioConfig, Kind, MediaUnit, VideoConfig
@@ -402,12 +395,9 @@ class AudioBridge(TrackBridge):
             self._push(_flush(opus) if self.inline else await asyncio.to_thread(_flush, opus))
 
 
-def _opus_unit(packet: av.Packet[Any]) -> MediaUnit:
-    pts = packet.pts or 0
-    if packet.time_base != OPUS_TIME_BASE:
-        pts = int(pts * packet.time_base * OPUS_SAMPLE_RATE)
-    ms = pts // _OPUS_TICKS_PER_MS
-    return MediaUnit(Kind.AUDIO, "opus", ms, ms, bytes(packet), keyframe=True)
+def _opus_unit(packet: OpusPacket) -> MediaUnit:
+    ms = packet.pts // _OPUS_TICKS_PER_MS
+    return MediaUnit(Kind.AUDIO, "opus", ms, ms, packet.data, keyframe=True)
 
 
 def _transcode_all(opus: AacToOpus, units: list[MediaUnit]) -> list[MediaUnit]:

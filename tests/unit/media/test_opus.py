@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes.util
 import itertools
 from fractions import Fraction
 from typing import Any
@@ -11,12 +12,14 @@ import numpy as np
 import pytest
 
 from ingest.errors import MediaError
+from ingest.media.codecs import opus
 from ingest.media.codecs.opus import (
     OPUS_FRAME_SAMPLES,
     OPUS_SAMPLE_RATE,
-    OPUS_TIME_BASE,
     RESYNC_THRESHOLD_MS,
     AacToOpus,
+    OpusPacket,
+    libopus,
 )
 from ingest.media.units import AudioConfig, Kind, MediaUnit
 
@@ -53,13 +56,13 @@ def aac_sine(
     return config, units
 
 
-def decode_opus(packets: list[av.Packet[Any]]) -> list[np.ndarray[Any, Any]]:
+def decode_opus(packets: list[OpusPacket]) -> list[np.ndarray[Any, Any]]:
     decoder = av.CodecContext.create("libopus", "r")
     decoder.sample_rate = OPUS_SAMPLE_RATE
     decoder.layout = "stereo"
     out = []
     for packet in packets:
-        frames = decoder.decode(av.Packet(bytes(packet)))
+        frames = decoder.decode(av.Packet(packet.data))
         out.append(np.concatenate([f.to_ndarray().reshape(-1) for f in frames]))
     return out
 
@@ -69,23 +72,25 @@ def dominant_frequency(samples: np.ndarray[Any, Any], rate: int) -> float:
     return float(np.fft.rfftfreq(len(samples), 1 / rate)[int(np.argmax(spectrum))])
 
 
-def transcode(config: AudioConfig, units: list[MediaUnit]) -> list[av.Packet[Any]]:
-    transcoder = AacToOpus(config)
+def transcode(
+    config: AudioConfig, units: list[MediaUnit], direct: bool | None = None
+) -> list[OpusPacket]:
+    transcoder = AacToOpus(config, direct=direct)
     packets = []
     for unit in units:
         packets += transcoder.feed(unit)
     return packets + transcoder.flush()
 
 
-def test_sine_becomes_20ms_opus_packets_in_sync() -> None:
-    config, units = aac_sine()
-    packets = transcode(config, units)
+@pytest.mark.parametrize("direct", [True, False], ids=["libopus", "pyav"])
+@pytest.mark.parametrize("rate", [44100, 48000])
+def test_sine_becomes_20ms_opus_packets_in_sync(direct: bool, rate: int) -> None:
+    config, units = aac_sine(rate=rate)
+    packets = transcode(config, units, direct)
 
     pts = [p.pts or 0 for p in packets]
     assert pts[0] == units[0].pts * 48
     assert all(b - a == OPUS_FRAME_SAMPLES for a, b in itertools.pairwise(pts))
-    assert all(p.time_base == OPUS_TIME_BASE for p in packets)
-    assert all(p.duration == OPUS_FRAME_SAMPLES for p in packets)
 
     decoded = decode_opus(packets)
     assert all(len(d) == OPUS_FRAME_SAMPLES * 2 for d in decoded)  # interleaved stereo s16
@@ -97,12 +102,13 @@ def test_sine_becomes_20ms_opus_packets_in_sync() -> None:
     assert abs(len(packets) * OPUS_FRAME_SAMPLES - input_samples) <= OPUS_FRAME_SAMPLES
 
 
-def test_mono_input_stays_mono_and_plays_on_both_channels() -> None:
+@pytest.mark.parametrize("direct", [True, False], ids=["libopus", "pyav"])
+def test_mono_input_stays_mono_and_plays_on_both_channels(direct: bool) -> None:
     config, units = aac_sine(freq=1000.0, seconds=0.5, rate=48000, layout="mono")
-    transcoder = AacToOpus(config)
+    transcoder = AacToOpus(config, direct=direct)
     packets = [p for u in units for p in transcoder.feed(u)] + transcoder.flush()
     assert transcoder.channels == 1
-    assert all(bytes(p)[0] & 0x04 == 0 for p in packets)  # TOC byte: the mono flag
+    assert all(p.data[0] & 0x04 == 0 for p in packets)  # TOC byte: the mono flag
     decoded = decode_opus(packets)
     stereo = np.concatenate(decoded).reshape(-1, 2).astype(np.float64)
     for channel in (0, 1):
@@ -115,14 +121,15 @@ def test_stereo_input_is_stereo_opus() -> None:
     packets = [p for u in units for p in transcoder.feed(u)]
     assert transcoder.channels == 2
     assert packets
-    assert all(bytes(p)[0] & 0x04 for p in packets)  # TOC byte: the stereo flag
+    assert all(p.data[0] & 0x04 for p in packets)  # TOC byte: the stereo flag
 
 
-def test_input_jump_restarts_the_pts_base() -> None:
-    config, units = aac_sine(seconds=1.0)
+@pytest.mark.parametrize("direct", [True, False], ids=["libopus", "pyav"])
+def test_input_jump_restarts_the_pts_base(direct: bool) -> None:
+    config, units = aac_sine(seconds=1.0, rate=48000)
     jump = 5000
     later = [MediaUnit(u.kind, u.codec, u.dts + jump, u.pts + jump, u.data) for u in units]
-    transcoder = AacToOpus(config)
+    transcoder = AacToOpus(config, direct=direct)
     first = [p for u in units for p in transcoder.feed(u)]
     second = [p for u in later for p in transcoder.feed(u)]
     second += transcoder.flush()
@@ -160,3 +167,41 @@ def test_refuses_non_aac() -> None:
         AacToOpus(AudioConfig("opus", b"x", 48000, 2))
     with pytest.raises(MediaError):
         AacToOpus(AudioConfig("aac", b"", 44100, 2))
+
+
+@pytest.mark.parametrize("rate", [44100, 48000])
+@pytest.mark.parametrize("layout", ["stereo", "mono"])
+def test_direct_libopus_makes_the_same_packets_as_pyav(rate: int, layout: str) -> None:
+    """Same settings as FFmpeg's libopus encoder: byte for byte the same packets and pts, the
+    last padded packet and the encoder's tail included; and on a resync too."""
+    config, units = aac_sine(seconds=1.0, rate=rate, layout=layout)
+    later = [MediaUnit(u.kind, u.codec, u.dts + 3000, u.pts + 3000, u.data) for u in units]
+    assert AacToOpus(config).direct  # PyAV's wheel (or the system) gives libopus
+    direct = transcode(config, units + later, direct=True)
+    pyav = transcode(config, units + later, direct=False)
+    assert len(direct) > 90
+    assert direct == pyav
+
+
+def test_without_libopus_symbols_pyav_encodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert opus._load(["/nonexistent/libopus.so.0"]) is None  # no such library
+    assert opus._load([np.__file__]) is None  # not a shared library
+    assert opus._load([ctypes.util.find_library("c") or "libc.so.6"]) is None  # no libopus symbols
+    monkeypatch.setattr(opus, "libopus", lambda: None)
+    config, units = aac_sine(seconds=0.3, rate=48000)
+    transcoder = AacToOpus(config)
+    assert not transcoder.direct
+    packets = [p for u in units for p in transcoder.feed(u)] + transcoder.flush()
+    assert {b.pts - a.pts for a, b in itertools.pairwise(packets)} == {OPUS_FRAME_SAMPLES}
+    with pytest.raises(MediaError, match="libopus"):
+        AacToOpus(config, direct=True)
+
+
+def test_libopus_that_fails_the_self_check_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """E.g. ctl calls that go wrong on a platform: the bit rate does not read back."""
+    found = libopus()
+    assert found is not None
+    candidates = opus._pyav_module_paths()
+    assert opus._load(candidates) is not None
+    monkeypatch.setattr(opus, "_OPUS_GET_BITRATE", opus._OPUS_GET_LOOKAHEAD)
+    assert opus._load(candidates) is None
