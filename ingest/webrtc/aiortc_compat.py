@@ -11,7 +11,7 @@ The sections, each listing its private names:
 * **Negotiated codecs** of a viewer's transceiver (:func:`set_negotiated_codecs`).
 * **Our RTP senders**: what :mod:`~ingest.webrtc.packing` and :mod:`~ingest.webrtc.sending` need
   of aiortc's sender, DTLS / ICE transports and libsrtp, as functions called once per unit or
-  per route (the per-packet path only calls :func:`protect_in_place` and a bound ``sendto``).
+  per route (the per-packet path only calls :func:`protect_at` and the socket).
 
 **UDP port range.** aioice binds each peer connection's host candidates to a random port, which no
 firewall rule or container port mapping can admit. :class:`RangedConnection` gathers host
@@ -34,6 +34,7 @@ import logging
 import random
 import socket
 import time
+from asyncio import selector_events
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +45,6 @@ from aioice import stun
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aiortc import MediaStreamTrack
 from aiortc.codecs.base import Encoder
-from aiortc.codecs.h264 import H264Encoder
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcdtlstransport import State as DtlsState
@@ -377,12 +377,12 @@ def set_negotiated_codecs(
 # (:class:`~ingest.webrtc.sending.LeanRtpSender`). What that takes of aiortc 1.16 / aioice 0.13 /
 # pylibsrtp 1.0, all here: the sender's name-mangled fields (:data:`SENDER_ATTRS`), its
 # ``_ssrc`` / ``_rtx_ssrc`` / ``_enabled``, the ``_run_rtp`` / ``_retransmit`` hooks
-# (:class:`SenderHooks`), aiortc's H.264 packetizer (``H264Encoder._packetize`` /
-# ``_split_bitstream``), ``RTCDtlsTransport._state`` / ``_tx_srtp`` / ``_send_rtp`` and its tx
+# (:class:`SenderHooks`), ``RTCDtlsTransport._state`` / ``_tx_srtp`` / ``_send_rtp`` and its tx
 # counters, ``RTCIceTransport._connection``, aioice ``Connection._nominated`` and
-# ``StunProtocol.transport``, pylibsrtp ``Session._srtp`` (its ``srtp_t``) and its cffi binding's
+# ``StunProtocol.transport``, asyncio's ``_SelectorDatagramTransport._sock`` (the socket, for
+# ``sendmsg`` with UDP GSO), pylibsrtp ``Session._srtp`` (its ``srtp_t``) and its cffi binding's
 # ``srtp_protect``. :func:`check_sender` verifies them. The per-packet path calls nothing here but
-# :func:`protect_in_place` and the bound ``sendto`` that :func:`udp_route` hands out once per unit.
+# :func:`protect_at`; :func:`udp_route` hands out the socket and SRTP context once per unit.
 
 _S = "_RTCRtpSender__"
 _TRACK = _S + "track"
@@ -425,9 +425,6 @@ def check_sender() -> list[str]:
     for name in ("_ssrc", "_rtx_ssrc", "_enabled"):
         if name not in init_names:
             problems.append(f"RTCRtpSender.__init__ no longer sets {name}")
-    for name in ("_packetize", "_split_bitstream"):
-        if not callable(getattr(H264Encoder, name, None)):
-            problems.append(f"aiortc's H264Encoder has no {name}()")
     if not {_RTP_TIMESTAMP, _NTP_TIMESTAMP, _OCTET_COUNT, _PACKET_COUNT} <= set(
         RTCRtpSender._run_rtcp.__code__.co_names
     ):
@@ -447,13 +444,10 @@ def check_sender() -> list[str]:
         problems.append("aioice's Connection.sendto no longer uses _nominated")
     if "transport" not in aioice_ice.StunProtocol.send_data.__code__.co_names:
         problems.append("aioice's StunProtocol.send_data no longer uses its transport")
+    sendto = getattr(_DATAGRAM_TRANSPORT, "sendto", None)
+    if sendto is None or "_sock" not in sendto.__code__.co_names:
+        problems.append("asyncio's datagram transport no longer keeps its socket in _sock")
     return problems
-
-
-def packetize_h264(data: bytes) -> list[bytes]:
-    """An Annex B access unit as RTP payloads (FU-A / STAP-A / single NAL), by aiortc's own
-    packetizer: exactly what ``H264Encoder.pack`` would send."""
-    return H264Encoder._packetize(H264Encoder._split_bitstream(data))
 
 
 class SenderHooks(RTCRtpSender):
@@ -561,16 +555,31 @@ def rtp_send(transport: Any) -> Callable[[bytes], Awaitable[None]]:
     return send
 
 
-SendTo = Callable[[bytes | memoryview, Any], None]
+_DATAGRAM_TRANSPORT: Any = getattr(selector_events, "_SelectorDatagramTransport", None)
 
 # aioice's Connection, or ours binding within the UDP port range (same sockets, same pairs)
 _PLAIN_CONNECTIONS = (aioice_ice.Connection, RangedConnection)
 
 
-def udp_route(dtls: Any) -> tuple[Any, SendTo, Any] | None:
-    """(libsrtp context for :func:`protect_in_place`, the UDP socket's bound ``sendto``, remote
-    address) of a connected DTLS transport over a plain UDP ICE pair; ``None`` for anything else
-    (TURN, stand-ins in tests: then :func:`rtp_send`). ``ConnectionError`` when not connected."""
+@dataclass(frozen=True, slots=True)
+class UdpRoute:
+    """Where a connected viewer's RTP goes when it can go straight to the socket."""
+
+    srtp: Any
+    """The libsrtp ``srtp_t`` of the DTLS transport's sending session (for :func:`protect_at`)."""
+    transport: Any
+    """The ICE pair's UDP transport, asyncio's ``_SelectorDatagramTransport`` (it queues what
+    the socket cannot take at once; ``get_write_buffer_size()`` says how much it holds)."""
+    sock: socket.socket
+    """Its socket, for ``sendto`` / ``sendmsg`` without the transport's per-call checks."""
+    addr: Any
+    """The remote address of the nominated pair."""
+
+
+def udp_route(dtls: Any) -> UdpRoute | None:
+    """The :class:`UdpRoute` of a connected DTLS transport over a plain UDP ICE pair (asyncio's
+    selector transport); ``None`` for anything else (TURN, another event loop's transports,
+    stand-ins in tests: then :func:`rtp_send`). ``ConnectionError`` when not connected."""
     if type(dtls) is not RTCDtlsTransport:
         return None
     if dtls._state != DtlsState.CONNECTED:
@@ -587,7 +596,13 @@ def udp_route(dtls: Any) -> tuple[Any, SendTo, Any] | None:
         return None
     if type(session) is not SrtpSession:
         return None
-    return session._srtp[0], protocol.transport.sendto, pair.remote_addr
+    transport = protocol.transport
+    if type(transport) is not _DATAGRAM_TRANSPORT or transport.is_closing():
+        return None  # another event loop's transport (uvloop's): aiortc's path
+    sock = getattr(transport, "_sock", None)
+    if type(sock) is not socket.socket:
+        return None
+    return UdpRoute(session._srtp[0], transport, sock, pair.remote_addr)
 
 
 def count_transport_sent(dtls: Any, octets: int, packets: int) -> None:
@@ -597,33 +612,37 @@ def count_transport_sent(dtls: Any, octets: int, packets: int) -> None:
 
 
 SRTP_BUFFER_BYTES = 1500
-"""The one buffer packets are SRTP-protected in (in place); like pylibsrtp's own per session."""
+"""Room for one packet: an RTP packet plus :data:`SRTP_MAX_TRAILER_BYTES` fits in this."""
 SRTP_MAX_TRAILER_BYTES = 16 + 128
 """What protection may append (tag + MKI), so a packet must fit in the buffer minus this."""
-_SRTP_BUFFER = _srtp_ffi.new("char[]", SRTP_BUFFER_BYTES)
-_SRTP_VIEW = memoryview(_srtp_ffi.buffer(_SRTP_BUFFER))
+SRTP_BATCH_BYTES = 65536
+"""The buffer a run of packets is protected in, one after the other, to leave in one
+``sendmsg`` (UDP GSO): :data:`~ingest.webrtc.sending.GSO_MAX_BYTES` plus a packet."""
 _SRTP_LENGTH = _srtp_ffi.new("int *")
 _srtp_protect = _srtp_lib.srtp_protect
+_SRTP_BATCH = _srtp_ffi.new("char[]", SRTP_BATCH_BYTES)
+SRTP_BATCH_VIEW = memoryview(_srtp_ffi.buffer(_SRTP_BATCH))
+"""The batch buffer: write a plain RTP packet at some offset, then :func:`protect_at` it there.
+One event loop uses it, between two ``await``s."""
+
+
+def protect_at(context: Any, offset: int, length: int) -> int:
+    """SRTP-protect, in place, the ``length``-byte RTP packet at ``offset`` of
+    :data:`SRTP_BATCH_VIEW` with a libsrtp ``srtp_t`` (pylibsrtp's ``Session.protect`` does the
+    same, but copies in and out); returns the protected length. The caller keeps
+    ``offset + length + SRTP_MAX_TRAILER_BYTES`` within the buffer."""
+    if offset < 0 or length < 12 or offset + length + SRTP_MAX_TRAILER_BYTES > SRTP_BATCH_BYTES:
+        raise ValueError(f"no room to protect {length} bytes at {offset} of the batch buffer")
+    _SRTP_LENGTH[0] = length
+    status = _srtp_protect(context, _SRTP_BATCH + offset, _SRTP_LENGTH)
+    if status:
+        raise SrtpError(f"srtp_protect failed with libsrtp status {status}")
+    protected: int = _SRTP_LENGTH[0]
+    return protected
 
 
 class SrtpError(RuntimeError):
     """libsrtp refused to protect a packet."""
-
-
-def protect_in_place(context: Any, packet: bytes) -> memoryview:
-    """``packet`` SRTP-protected with a libsrtp ``srtp_t``: a view of the shared buffer, valid
-    until the next call (send it at once, before any ``await``; the event loop is the only
-    caller). pylibsrtp's ``Session.protect`` does the same but copies the result into new bytes,
-    and costs ~1.5 µs more a packet."""
-    length = len(packet)
-    if length > SRTP_BUFFER_BYTES - SRTP_MAX_TRAILER_BYTES:
-        raise ValueError(f"an RTP packet of {length} bytes is too long to protect")
-    _SRTP_VIEW[:length] = packet
-    _SRTP_LENGTH[0] = length
-    status = _srtp_protect(context, _SRTP_BUFFER, _SRTP_LENGTH)
-    if status:
-        raise SrtpError(f"srtp_protect failed with libsrtp status {status}")
-    return _SRTP_VIEW[: _SRTP_LENGTH[0]]
 
 
 check()

@@ -12,7 +12,11 @@ Here:
   without copying the data into a new ``av.Packet`` per viewer.
 * :class:`H264Packer` / :class:`OpusPacker` replace aiortc's codec encoders on our senders. The
   H.264 payloads of a unit come from a :class:`PayloadCache` shared by every viewer of a bridge
-  (aiortc's own packetizer, run once per unit); the RTP timestamp stays per viewer.
+  (:func:`packetize_h264`, run once per unit); the RTP timestamp stays per viewer.
+* :func:`packetize_h264` is RFC 6184's non-interleaved mode like aiortc's packetizer (single NAL
+  units, STAP-A for small ones in a row, FU-A for large ones, at most :data:`H264_PAYLOAD_MAX`
+  bytes a payload), except that FU-A fragments all have the same size but the last (aiortc
+  evens them out): so a unit's packets leave in one ``sendmsg`` with UDP GSO (``sending``).
 * :class:`HeaderExtensionsWriter` replaces the sender's header-extension map with one that writes
   the extensions our senders use (``mid``, ``abs-send-time``) byte for byte like aiortc's, without
   building lists and structs per packet; anything else goes to aiortc's own code.
@@ -21,9 +25,8 @@ Here:
   our RTP send loop (the per-packet work that remains per viewer: header, SRTP, ``sendto``).
 
 **Private aiortc internals** (the sender's name-mangled ``__encoder`` and
-``__rtp_header_extensions_map``, aiortc's H.264 packetizer) are used only through
-:mod:`~ingest.webrtc.aiortc_compat` (:func:`~ingest.webrtc.aiortc_compat.prepare_sender`,
-:func:`~ingest.webrtc.aiortc_compat.packetize_h264`), checked there when it is imported: if
+``__rtp_header_extensions_map``) are used only through :mod:`~ingest.webrtc.aiortc_compat`
+(:func:`~ingest.webrtc.aiortc_compat.prepare_sender`), checked there when it is imported: if
 aiortc changes them, the server does not start (:class:`AiortcChanged`) instead of sending with
 aiortc's own encoder.
 """
@@ -39,9 +42,9 @@ from aiortc.rtcrtpparameters import RTCRtpParameters
 from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtp import HeaderExtensions, HeaderExtensionsMap
 
+from ingest.media.codecs.h264 import split_annexb
 from ingest.media.units import MediaUnit
 from ingest.webrtc.aiortc_compat import AiortcChanged as AiortcChanged  # re-exported
-from ingest.webrtc.aiortc_compat import packetize_h264 as packetize_h264  # re-exported
 from ingest.webrtc.aiortc_compat import prepare_sender, sender_packer
 from ingest.webrtc.sending import LeanRtpSender
 
@@ -54,8 +57,65 @@ PAYLOAD_CACHE_UNITS = 90
 """H.264 units whose payloads a :class:`PayloadCache` keeps (3 s at 30 fps): every live viewer
 packs the newest unit within milliseconds of the others; a joiner's GOP backlog mostly hits too."""
 
+H264_PAYLOAD_MAX = 1300
+"""Bytes of an H.264 RTP payload at most, as aiortc's packetizer: with the RTP header, header
+extensions and the SRTP tag a packet stays under 1400 bytes (no IP fragmentation on the usual
+paths, VPNs and tunnels included)."""
+
+_STAP_A = 24
+_FU_A = 28
+
 _MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 _ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+
+
+def packetize_h264(data: bytes, max_payload: int = H264_PAYLOAD_MAX) -> list[bytes]:
+    """The RTP payloads of an Annex B access unit (RFC 6184, non-interleaved mode): NAL units
+    that fit go alone, or several in a row in one STAP-A; larger ones are cut into FU-A
+    fragments of ``max_payload`` bytes each but the last."""
+    nals = split_annexb(data)
+    out: list[bytes] = []
+    count = len(nals)
+    i = 0
+    while i < count:
+        nal = nals[i]
+        if len(nal) > max_payload:
+            out += _fu_a(nal, max_payload)
+            i += 1
+            continue
+        end = i + 1
+        size = 3 + len(nal)  # STAP-A header, then a 2-byte length before each NAL unit
+        while end < count and size + 2 + len(nals[end]) <= max_payload:
+            size += 2 + len(nals[end])
+            end += 1
+        if end == i + 1:
+            out.append(nal)
+        else:
+            group = nals[i:end]
+            forbidden = nri = 0
+            for n in group:
+                forbidden |= n[0] & 0x80
+                nri = max(nri, n[0] & 0x60)
+            parts = [bytes((forbidden | nri | _STAP_A,))]
+            for n in group:
+                parts += (len(n).to_bytes(2, "big"), n)
+            out.append(b"".join(parts))
+        i = end
+    return out
+
+
+def _fu_a(nal: bytes, max_payload: int) -> list[bytes]:
+    indicator = (nal[0] & 0xE0) | _FU_A
+    kind = nal[0] & 0x1F
+    chunk = max_payload - 2  # FU indicator + FU header
+    middle = bytes((indicator, kind))
+    out = [bytes((indicator, kind | 0x80)) + nal[1 : 1 + chunk]]
+    pos, end = 1 + chunk, len(nal)
+    while end - pos > chunk:
+        out.append(middle + nal[pos : pos + chunk])
+        pos += chunk
+    out.append(bytes((indicator, kind | 0x40)) + nal[pos:])
+    return out
 
 
 class UnitPacket:

@@ -1,4 +1,5 @@
-"""Shared RTP packing: same bytes as aiortc's own encoders, once per unit, through a real sender.
+"""Shared RTP packing: payloads aiortc's depacketizer reads back (Opus: aiortc's own bytes),
+FU-A fragments of one size for UDP GSO, once per unit, through a real sender.
 
 Also guards the private aiortc internals ``ingest.webrtc.packing`` sets (see its docstring).
 """
@@ -7,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+from asyncio import selector_events
 from fractions import Fraction
 from typing import Any
 
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
-from aiortc.codecs.h264 import H264Encoder
+from aiortc.codecs.h264 import H264PayloadDescriptor
 from aiortc.codecs.opus import OpusEncoder
 from aiortc.rtcrtpparameters import (
     RTCRtcpParameters,
@@ -30,12 +32,14 @@ from aiortc.rtp import (
     RtpPacket,
 )
 
+from ingest.media.codecs.h264 import split_annexb
 from ingest.media.hub import Track
 from ingest.media.units import Kind, MediaUnit, VideoConfig
 from ingest.webrtc.aiortc_compat import check as check_aiortc
 from ingest.webrtc.bridge import OPUS_CONFIG, VideoBridge
 from ingest.webrtc.packing import (
     AUDIO_TIME_BASE,
+    H264_PAYLOAD_MAX,
     VIDEO_TIME_BASE,
     AiortcChanged,
     H264Packer,
@@ -81,9 +85,12 @@ def test_aiortc_still_has_what_we_set() -> None:
     check_aiortc()  # also ran at import
 
 
-def test_check_fails_loudly_when_aiortc_changes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delattr(H264Encoder, "_packetize")
-    with pytest.raises(AiortcChanged, match="_packetize"):
+def test_check_fails_loudly_when_asyncio_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    def sendto(self: Any, data: bytes, addr: Any = None) -> None:
+        self.socket_elsewhere.sendto(data, addr)
+
+    monkeypatch.setattr(selector_events._SelectorDatagramTransport, "sendto", sendto)  # type: ignore[attr-defined]
+    with pytest.raises(AiortcChanged, match="_sock"):
         check_aiortc()
 
 
@@ -104,13 +111,44 @@ def test_install_checks_the_sender() -> None:
         install(NotASender(), OpusPacker())  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("big", [1200, 1301, 5000, 60_000])
-def test_h264_payloads_and_timestamp_are_aiortcs(big: int) -> None:
+def depacketize(payloads: list[bytes]) -> list[bytes]:
+    """The NAL units aiortc's receiver makes of ``payloads`` (its depacketizer, then Annex B)."""
+    return split_annexb(b"".join(H264PayloadDescriptor.parse(p)[1] for p in payloads))
+
+
+@pytest.mark.parametrize("big", [1200, 1299, 1300, 1301, 1302, 2597, 2598, 5000, 60_000])
+def test_h264_payloads_read_back_and_fragments_have_one_size(big: int) -> None:
     data = access_unit(big=big)
     unit = video(40, data)
-    expected = H264Encoder().pack(to_packet(unit, 3600, VIDEO_TIME_BASE))
-    assert H264Packer(PayloadCache()).pack(UnitPacket(unit, 3600, VIDEO_TIME_BASE)) == expected
-    assert packetize_h264(data) == expected[0]
+    payloads, pts = H264Packer(PayloadCache()).pack(UnitPacket(unit, 3600, VIDEO_TIME_BASE))
+    assert pts == 3600
+    assert payloads == packetize_h264(data)
+    assert depacketize(payloads) == split_annexb(data)
+    assert all(len(p) <= H264_PAYLOAD_MAX for p in payloads)
+    fragments = [p for p in payloads if p[0] & 0x1F == 28]
+    if big > H264_PAYLOAD_MAX:  # FU-A: full fragments, then a last one no longer
+        assert fragments[0][1] & 0x80  # start
+        assert fragments[-1][1] & 0x40  # end
+        assert {len(p) for p in fragments[:-1]} == {H264_PAYLOAD_MAX}
+        assert len(fragments[-1]) <= H264_PAYLOAD_MAX
+    else:
+        assert not fragments
+    # SPS, PPS and SEI travel together in one STAP-A, the small slice alone
+    assert payloads[0][0] & 0x1F == 24
+    assert payloads[-1] == split_annexb(data)[-1]
+
+
+def test_h264_packetizer_keeps_f_and_the_highest_nri_and_reads_three_byte_start_codes() -> None:
+    nals = [bytes([0x06, 1, 2]), bytes([0xE7, 3]), bytes([0x28, 4, 5])]  # SEI, F|SPS(NRI 3), PPS
+    data = b"\x00\x00\x01" + nals[0] + b"\x00\x00\x00\x01" + b"\x00\x00\x01".join(nals[1:])
+    [stap] = packetize_h264(data)
+    assert stap[0] == 0x80 | 0x60 | 24
+    assert depacketize([stap]) == nals
+    assert packetize_h264(b"") == []
+    # a NAL unit that fills a payload exactly goes alone; a small one after it too
+    full = bytes([0x65]) + bytes(range(1, 256)) * 5 + bytes(range(1, 25))
+    assert len(full) == H264_PAYLOAD_MAX
+    assert packetize_h264(b"\x00\x00\x01" + full + b"\x00\x00\x01" + nals[0]) == [full, nals[0]]
 
 
 def test_other_time_bases_are_converted() -> None:

@@ -17,10 +17,12 @@ from pylibsrtp import Policy, Session
 from ingest.media.hub import Track
 from ingest.media.units import Kind
 from ingest.webrtc.aiortc_compat import (
+    SRTP_BATCH_BYTES,
+    SRTP_BATCH_VIEW,
     SRTP_BUFFER_BYTES,
     SRTP_MAX_TRAILER_BYTES,
     AiortcChanged,
-    protect_in_place,
+    protect_at,
 )
 from ingest.webrtc.aiortc_compat import check as check_aiortc
 from ingest.webrtc.aiortc_compat import udp_route as _route
@@ -87,18 +89,23 @@ def test_the_guard_fails_when_the_sender_changes(monkeypatch: pytest.MonkeyPatch
 @pytest.mark.parametrize(
     "profile", [Policy.SRTP_PROFILE_AEAD_AES_128_GCM, Policy.SRTP_PROFILE_AES128_CM_SHA1_80]
 )
-def test_protect_in_place_is_pylibsrtps_protect(profile: int) -> None:
+def test_protect_at_is_pylibsrtps_protect(profile: int) -> None:
     key = bytes(range(28 if profile == Policy.SRTP_PROFILE_AEAD_AES_128_GCM else 30))
     ours, theirs = (
         Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile))
         for _ in range(2)
     )
-    for seq, size in enumerate((1, 100, 1300, SRTP_BUFFER_BYTES - SRTP_MAX_TRAILER_BYTES - 12)):
+    offset = 0
+    sizes = (1, 100, 1300, SRTP_BUFFER_BYTES - SRTP_MAX_TRAILER_BYTES - 12)
+    for seq, size in enumerate(sizes):
         packet = bytes([0x80, 102]) + seq.to_bytes(2, "big") + bytes(8) + bytes([seq]) * size
-        assert bytes(protect_in_place(ours._srtp[0], packet)) == theirs.protect(packet)
+        SRTP_BATCH_VIEW[offset : offset + len(packet)] = packet
+        protected = protect_at(ours._srtp[0], offset, len(packet))
+        assert bytes(SRTP_BATCH_VIEW[offset : offset + protected]) == theirs.protect(packet)
+        offset += protected  # packets one after the other, as a GSO run
 
 
-def test_protect_in_place_refuses_what_does_not_fit() -> None:
+def test_protect_at_refuses_what_does_not_fit() -> None:
     session = Session(
         Policy(
             key=bytes(28),
@@ -106,9 +113,9 @@ def test_protect_in_place_refuses_what_does_not_fit() -> None:
             srtp_profile=Policy.SRTP_PROFILE_AEAD_AES_128_GCM,
         )
     )
-    packet = bytes([0x80, 102]) + bytes(10) + bytes(SRTP_BUFFER_BYTES - SRTP_MAX_TRAILER_BYTES)
-    with pytest.raises(ValueError, match="too long"):
-        protect_in_place(session._srtp[0], packet)
+    for offset, length in ((-1, 100), (0, 11), (SRTP_BATCH_BYTES - 100, 100)):
+        with pytest.raises(ValueError, match="no room"):
+            protect_at(session._srtp[0], offset, length)
 
 
 def test_other_transports_take_aiortcs_path() -> None:
