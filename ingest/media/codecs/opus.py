@@ -38,7 +38,7 @@ import functools
 import importlib
 import logging
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from fractions import Fraction
 from typing import Any, NamedTuple, Protocol
 
@@ -354,6 +354,13 @@ def _pyav_module_paths() -> list[str]:
     return paths
 
 
+def _candidates() -> Iterator[str]:
+    yield from _pyav_module_paths()
+    system = ctypes.util.find_library("opus")  # runs ldconfig: only when PyAV's did not do
+    if system:
+        yield system
+
+
 def _load(candidates: Iterable[str]) -> LibOpus | None:
     """The first candidate whose symbols include libopus's and whose encoder passes a check."""
     for candidate in candidates:
@@ -374,8 +381,7 @@ def _load(candidates: Iterable[str]) -> LibOpus | None:
 def libopus() -> LibOpus | None:
     """libopus for direct calls, or ``None`` (then PyAV's encoder is used): looked up through
     PyAV's own modules first, then as ``libopus`` on the system's library path."""
-    system = ctypes.util.find_library("opus")
-    lib = _load([*_pyav_module_paths(), *([system] if system else [])])
+    lib = _load(_candidates())
     if lib is None:
         log.info("AAC→Opus: libopus not callable directly here; encoding through PyAV")
     return lib

@@ -203,5 +203,7 @@ def test_libopus_that_fails_the_self_check_is_not_used(monkeypatch: pytest.Monke
     assert found is not None
     candidates = opus._pyav_module_paths()
     assert opus._load(candidates) is not None
+    system = ctypes.util.find_library("opus")  # the fallback: a libopus on the library path
+    assert system is None or opus._load([system]) is not None
     monkeypatch.setattr(opus, "_OPUS_GET_BITRATE", opus._OPUS_GET_LOOKAHEAD)
     assert opus._load(candidates) is None
