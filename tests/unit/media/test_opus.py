@@ -83,7 +83,7 @@ def transcode(
 
 
 @pytest.mark.parametrize("direct", [True, False], ids=["libopus", "pyav"])
-@pytest.mark.parametrize("rate", [44100, 48000])
+@pytest.mark.parametrize("rate", [8000, 44100, 48000])  # 8 kHz: frames of 6144 samples
 def test_sine_becomes_20ms_opus_packets_in_sync(direct: bool, rate: int) -> None:
     config, units = aac_sine(rate=rate)
     packets = transcode(config, units, direct)
