@@ -395,6 +395,7 @@ class _DirectEncoder:
     def __init__(self, lib: LibOpus, channels: int, bit_rate: int) -> None:
         self._lib = lib
         self.channels = channels
+        self._bit_rate = bit_rate
         error = ctypes.c_int(0)
         state = lib.create(
             OPUS_SAMPLE_RATE, channels, _OPUS_APPLICATION_RESTRICTED_LOWDELAY, ctypes.byref(error)
@@ -432,7 +433,7 @@ class _DirectEncoder:
     def check(self) -> None:
         """Raise :class:`MediaError` unless the settings read back and a frame encodes to a
         packet of ours (catches a platform where the variadic ctl calls go wrong)."""
-        if self.bit_rate != OPUS_BIT_RATE_DEFAULT or not 0 <= self.lookahead < 960:
+        if self.bit_rate != self._bit_rate or not 0 <= self.lookahead < OPUS_FRAME_SAMPLES:
             raise MediaError(f"libopus reads back {self.bit_rate} bit/s, {self.lookahead}")
         pcm = np.zeros((OPUS_FRAME_SAMPLES, self.channels), dtype=np.float32)
         (packet,) = self.encode(pcm, 0, pcm.ctypes.data)
