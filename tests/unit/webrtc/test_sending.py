@@ -27,7 +27,7 @@ from ingest.webrtc.aiortc_compat import (
 from ingest.webrtc.aiortc_compat import check as check_aiortc
 from ingest.webrtc.aiortc_compat import udp_route as _route
 from ingest.webrtc.packing import PayloadCache, install, packetize_h264
-from ingest.webrtc.sending import LeanRtpSender
+from ingest.webrtc.sending import HISTORY_UNITS, LeanRtpSender
 from ingest.webrtc.tracks import PassthroughVideoTrack
 from tests.unit.webrtc.test_packing import (
     VCFG,
@@ -151,5 +151,33 @@ async def test_counters_and_a_retransmission_without_rtx() -> None:
         assert (again.sequence_number, again.timestamp) == (lost.sequence_number, lost.timestamp)
         assert (again.marker, again.payload) == (lost.marker, lost.payload)
         assert again.extensions.mid == "0"
+    finally:
+        await sender.stop()
+
+
+async def test_the_history_keeps_the_last_history_units_units() -> None:
+    parameters = without_rtx(send_parameters("video"))
+    source, sender, dtls = await started_sender(parameters)
+    count = HISTORY_UNITS + 2
+    for i in range(count):  # one small packet per unit
+        source.push(video(1000 + 33 * i, b"\x00\x00\x00\x01\x65" + bytes([i % 250 + 1]) * 50))
+    ext_map = HeaderExtensionsMap()
+    ext_map.configure(parameters)
+    try:
+        await wait_for(lambda: len(dtls.rtp(ext_map)) >= count, dtls)
+        sent = dtls.rtp(ext_map)
+        before = len(dtls.sent)
+        nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=sender._ssrc)
+        nack.lost = [sent[1].sequence_number, sent[2].sequence_number, sent[-1].sequence_number]
+        await sender._handle_rtcp_packet(nack)
+        # the oldest two units are forgotten, the newest is resent (with its marker)
+        assert len(dtls.sent) == before + 2
+        resent = [RtpPacket.parse(p, ext_map) for p in dtls.sent[before:]]
+        assert [p.sequence_number for p in resent] == [
+            sent[2].sequence_number,
+            sent[-1].sequence_number,
+        ]
+        assert resent[1].payload == sent[-1].payload
+        assert resent[1].marker == 1
     finally:
         await sender.stop()
