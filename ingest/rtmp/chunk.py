@@ -7,7 +7,8 @@ the specification says). A timestamp field of 0xFFFFFF announces a 4-byte extend
 which then also follows every type-3 header on that chunk stream. Timestamps are 32-bit and wrap
 mod 2**32.
 
-The reader works on one bytearray with an offset (compacted once per :meth:`ChunkReader.feed`),
+The reader parses the bytes it is fed where they lie; only a partial chunk at the end is kept (in
+one bytearray with an offset, compacted once per :meth:`ChunkReader.feed`) for the next feed. It
 keeps one small state object per chunk stream and allocates per chunk only the slice it copies.
 """
 
@@ -32,7 +33,6 @@ _FMT1 = struct.Struct(">BHBHB")  # timestamp (3), length (3), type id (1)
 _FMT2 = struct.Struct(">BH")  # timestamp (3)
 _U32 = struct.Struct(">I")
 _U32LE = struct.Struct("<I")
-_NO_BYTES = bytearray()
 
 
 class ChunkMessage(NamedTuple):
@@ -48,7 +48,17 @@ class ChunkMessage(NamedTuple):
 class _ChunkStream:
     """Per chunk stream state: the last header's values and the message being reassembled."""
 
-    __slots__ = ("acc", "delta", "ext", "length", "remaining", "stream_id", "timestamp", "type_id")
+    __slots__ = (
+        "acc",
+        "delta",
+        "ext",
+        "kept",
+        "length",
+        "remaining",
+        "stream_id",
+        "timestamp",
+        "type_id",
+    )
 
     def __init__(self) -> None:
         self.timestamp = 0  # of the current/last message
@@ -58,7 +68,11 @@ class _ChunkStream:
         self.type_id = 0
         self.stream_id = 0
         self.remaining = 0  # bytes still missing from the current message (0: none started)
-        self.acc = _NO_BYTES
+        # The pieces of the message being reassembled: views of the bytes being parsed, joined
+        # once when the message completes; views left at the end of a feed are joined into
+        # one bytes object (the first ``kept`` pieces are bytes).
+        self.acc: list[bytes | memoryview] = []
+        self.kept = 0
 
 
 class ChunkReader:
@@ -98,7 +112,7 @@ class ChunkReader:
         """The last :meth:`feed` stopped after a command message with bytes left to parse."""
         return self._stopped
 
-    def hold(self, data: bytes) -> None:
+    def hold(self, data: bytes | memoryview) -> None:
         """Buffer ``data`` without parsing it (the next :meth:`feed` parses it first)."""
         if self._error is None:
             self._buf += data
@@ -108,9 +122,13 @@ class ChunkReader:
         """Announced size of the messages being reassembled."""
         return self._pending
 
-    def feed(self, data: bytes, out: list[ChunkMessage] | None = None) -> list[ChunkMessage]:
+    def feed(
+        self, data: bytes | bytearray | memoryview, out: list[ChunkMessage] | None = None
+    ) -> list[ChunkMessage]:
         """Consume ``data``; append the messages it completes to ``out`` and return it.
 
+        ``data`` is parsed where it lies when nothing is buffered (only a trailing partial chunk
+        is copied), so it may be a view of a buffer the caller reuses once this returns.
         Raises :class:`RTMPError` on a protocol violation; messages completed before it are
         in ``out`` already. After an error every call raises it again.
         """
@@ -123,12 +141,25 @@ class ChunkReader:
         if self._pos:
             del buf[: self._pos]
             self._pos = 0
-        buf += data
+        if buf:
+            buf += data
+            src: bytes | bytearray | memoryview = buf
+        else:
+            src = data
+        pos = 0
         try:
-            self._parse(out)
+            pos = self._parse(src, out)
         except RTMPError as e:
             self._error = e
             raise
+        finally:
+            if src is buf:
+                if pos >= len(buf):
+                    buf.clear()  # nothing left to parse: hold no memory until the next feed
+                else:
+                    self._pos = pos
+            elif pos < len(src):
+                buf += memoryview(src)[pos:]  # the unparsed rest: a partial chunk at most
         return out
 
     def _open(self, csid: int, fmt: int) -> _ChunkStream:
@@ -164,12 +195,13 @@ class ChunkReader:
             if st is not None and st.remaining:
                 self._pending -= st.length
                 st.remaining = 0
-                st.acc = _NO_BYTES
+                st.acc = []
+                st.kept = 0
 
-    def _parse(self, out: list[ChunkMessage]) -> None:
-        buf = self._buf
+    def _parse(self, buf: bytes | bytearray | memoryview, out: list[ChunkMessage]) -> int:
+        """Parse ``buf`` from its start; return the offset parsing stopped at."""
         end = len(buf)
-        pos = self._pos
+        pos = 0
         streams = self._streams
         cs = self._chunk_size
         mv = memoryview(buf)
@@ -203,7 +235,7 @@ class ChunkReader:
                     if q > end:
                         break
                     acc = st.acc
-                    acc += mv[p:q]
+                    acc.append(mv[p:q])
                     rem -= n
                 else:
                     if fmt == 3:
@@ -287,7 +319,8 @@ class ChunkReader:
                             break
                         continue
                     self._pending += length
-                    acc = st.acc = bytearray(mv[p:q])
+                    acc = st.acc = [mv[p:q]]
+                    st.kept = 0
                     rem = length - n
                 pos = q
                 if rem and csid < 64:
@@ -300,7 +333,7 @@ class ChunkReader:
                         q = p + n
                         if q > end:
                             break
-                        acc += mv[p:q]
+                        acc.append(mv[p:q])
                         rem -= n
                         pos = q
                         if not rem:
@@ -308,8 +341,9 @@ class ChunkReader:
                 st.remaining = rem
                 if not rem:
                     self._pending -= st.length
-                    st.acc = _NO_BYTES
-                    payload = bytes(acc)
+                    st.acc = []
+                    st.kept = 0
+                    payload = b"".join(acc)
                     del acc
                     out.append(ChunkMessage(st.type_id, st.stream_id, st.timestamp, payload, csid))
                     if st.type_id <= 2:
@@ -319,11 +353,14 @@ class ChunkReader:
                         self._stopped = pos < end
                         break
         finally:
+            if self._pending:  # messages in progress keep no view of ``buf``
+                for st in streams.values():
+                    pieces = st.acc
+                    if st.remaining and st.kept < len(pieces):
+                        pieces[st.kept :] = [b"".join(pieces[st.kept :])]
+                        st.kept = len(pieces)
             mv.release()
-            if pos == end:
-                buf.clear()  # nothing left to parse: hold no memory until the next feed
-                pos = 0
-            self._pos = pos
+        return pos
 
 
 def basic_header(fmt: int, csid: int) -> bytes:

@@ -228,8 +228,10 @@ class ServerConnection:
 
     # -- I/O ---------------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
-        """Consume bytes from the peer. Protocol errors surface from :meth:`next_event`."""
+    def receive_data(self, data: bytes | memoryview) -> None:
+        """Consume bytes from the peer. Protocol errors surface from :meth:`next_event`.
+        ``data`` may be a view of a buffer the caller reuses once this returns: what is kept
+        is copied."""
         if self._error is not None or self._closed or not data:
             return
         try:
@@ -260,7 +262,7 @@ class ServerConnection:
         except RTMPError as e:
             self._error = e
 
-    def _parse(self, data: bytes) -> None:
+    def _parse(self, data: bytes | memoryview) -> None:
         reader = self._reader
         while True:
             msgs: list[ChunkMessage] = []
@@ -359,7 +361,7 @@ class ServerConnection:
             description = description[: MAX_DESCRIPTION_LENGTH - 3] + "..."
         self._reply(stream_id, "onStatus", 0.0, None, _status(level, code, description))
 
-    def _handshake(self, data: bytes) -> bytes:
+    def _handshake(self, data: bytes | memoryview) -> bytes:
         hs = self._hs
         hs += data
         if self._phase is _Phase.C0C1:

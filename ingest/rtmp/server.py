@@ -185,7 +185,8 @@ def address_key(host: str) -> str:
 
 
 class _Peer(asyncio.BufferedProtocol):
-    """One TCP connection. Reads into the server's one shared buffer (copied out at once); an
+    """One TCP connection. Reads into the server's one shared buffer, which an admitted peer's
+    connection parses in place (an unadmitted peer's bytes are copied out at once); an
     unadmitted peer gets only :data:`READ_SIZE_BEFORE_PUBLISH` of it per turn, so a thousand
     peers flooding bytes delay a publisher's handshake by little."""
 
@@ -246,13 +247,14 @@ class _Peer(asyncio.BufferedProtocol):
         return view if self._admitted else view[:READ_SIZE_BEFORE_PUBLISH]
 
     def buffer_updated(self, nbytes: int) -> None:
-        data = bytes(self._server._read_view[:nbytes])
         server = self._server
+        if self._admitted and self._held is None:
+            # parsed in place: the connection copies what it keeps before the buffer is reused
+            self.data_received(server._read_view[:nbytes])
+            return
+        data = bytes(server._read_view[:nbytes])
         if self._held is not None:  # bytes wait for their turn: these go behind them
             self._held += data
-        elif self._admitted:
-            self.data_received(data)
-            return
         elif server._slice_left():
             start = time.perf_counter()
             self.data_received(data)
@@ -275,7 +277,7 @@ class _Peer(asyncio.BufferedProtocol):
         if not self._closing and self._transport is not None:
             self._transport.resume_reading()
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
         if self._closing:
             return
         conn = self._conn

@@ -334,6 +334,33 @@ def test_writer_reader_round_trip_whole_and_split(
     assert out[1:] == expected
 
 
+@settings(max_examples=150, deadline=None)
+@given(_messages, st.integers(1, 300), st.data())
+def test_views_of_a_reused_buffer_read_like_bytes(
+    spec: list[tuple[int, int, int, int, int]], chunk_size: int, data: st.DataObject
+) -> None:
+    """The server feeds views of its one read buffer, overwritten by the next read: what the
+    reader keeps (partial chunks, messages in progress) must be copies."""
+    w = ChunkWriter()
+    stream = w.write(2, 1, 0, 0, bytes(SetChunkSize(chunk_size)))
+    w.chunk_size = chunk_size
+    for i, (csid, type_id, sid, step, size) in enumerate(spec):
+        stream += w.write(csid, type_id, sid, step, bytes((i + k) % 256 for k in range(size)))
+    expected = read_whole(stream)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=30)))
+    shared = bytearray(len(stream))
+    reader, out = ChunkReader(), list[ChunkMessage]()
+    prev = 0
+    for cut in [*cuts, len(stream)]:
+        n = cut - prev
+        shared[:n] = stream[prev:cut]
+        reader.feed(memoryview(shared)[:n], out)
+        shared[:] = b"\xee" * len(shared)  # the next read overwrites the buffer
+        prev = cut
+    assert out == expected
+    assert all(type(m.payload) is bytes for m in out)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=400))
 def test_any_bytes_whole_equals_bytewise(data: bytes) -> None:
