@@ -12,6 +12,7 @@ every IDR; AAC as raw frames). The ``*_body`` builders do the reverse for tests 
 from __future__ import annotations
 
 import enum
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -112,6 +113,8 @@ AUDIO_FIX = "set OBS Output > Audio Encoder to AAC (ffmpeg: -c:a aac)"
 
 # Dropped H.264 NAL units: access unit delimiters and filler data (OBS CBR pads with it).
 DROPPED_NAL_TYPES = frozenset({h264.NAL_AUD, h264.NAL_FILLER})
+_U32 = struct.Struct(">I")
+_SET_TYPES = (h264.NAL_SPS, h264.NAL_PPS)
 
 
 class Packet(enum.Enum):
@@ -391,6 +394,18 @@ class TagReader:
 
     def video(self, timestamp: int, payload: bytes) -> list[MediaUnit]:
         """One video message (RTMP type 9) → 0 or 1 units."""
+        if len(payload) >= 5:
+            first = payload[0]
+            if 0x10 <= first < 0x50 and first & 0x0F == CODEC_AVC and payload[1] == AVC_NALU:
+                # Legacy H.264 NAL units (frame types 1-4), nearly every message: read in
+                # place, as parse_video_tag would.
+                cts = (payload[2] << 16) | (payload[3] << 8) | payload[4]
+                if cts & 0x800000:
+                    cts -= 0x1000000
+                key = first >> 4
+                return self._coded_frames(
+                    timestamp, payload, 5, cts, key in (FRAME_KEY, FRAME_GENERATED_KEY)
+                )
         tag = parse_video_tag(payload)
         if tag.packet in (Packet.COMMAND, Packet.METADATA):
             return []
@@ -406,50 +421,73 @@ class TagReader:
             return []
         if tag.packet is not Packet.CODED_FRAMES:
             return []
+        return self._coded_frames(timestamp, tag.data, 0, tag.composition_time, tag.keyframe)
+
+    def _coded_frames(
+        self, timestamp: int, data: bytes, start: int, composition_time: int, key_flag: bool
+    ) -> list[MediaUnit]:
+        """The H.264 access unit in ``data[start:]`` (AVCC) → 0 or 1 units."""
         self.video_ended = False
         if self.video_config is None:
             self.dropped_video += 1
             return []
-        nals = self._split(tag.data)
+        nals = self._split(data, start)
         types = [nal[0] & 0x1F for nal in nals]
-        self._inband_parameter_sets(nals, types)
+        has_sets = h264.NAL_SPS in types and h264.NAL_PPS in types
+        if has_sets:
+            self._inband_parameter_sets(nals, types)
         config = self.video_config
         has_idr = h264.NAL_IDR in types
-        has_vcl = any(t in h264.VCL_TYPES for t in types)
-        keyframe = has_idr or (not has_vcl and tag.keyframe)
-        kept = [nal for nal, t in zip(nals, types, strict=True) if t not in DROPPED_NAL_TYPES]
-        if not kept:
+        keyframe = has_idr or (key_flag and not any(t in h264.VCL_TYPES for t in types))
+        kept = nals
+        if h264.NAL_AUD in types or h264.NAL_FILLER in types:
+            kept = [nal for nal, t in zip(nals, types, strict=True) if t not in DROPPED_NAL_TYPES]
+            if not kept:
+                return []
+        elif not kept:
             return []
-        if has_idr and not (h264.NAL_SPS in types and h264.NAL_PPS in types):
+        if has_idr and not has_sets:
             kept = [*config.sps, *config.pps, *kept]
         dts = self.timeline.map(timestamp)
-        pts = dts + tag.composition_time
-        if tag.composition_time != 0 or (self._max_pts is not None and pts < self._max_pts):
+        pts = dts + composition_time
+        max_pts = self._max_pts
+        if composition_time != 0 or (max_pts is not None and pts < max_pts):
             self.has_b_frames = True
-        self._max_pts = pts if self._max_pts is None else max(self._max_pts, pts)
-        unit = MediaUnit(
-            kind=Kind.VIDEO,
-            codec=CARRIED_VIDEO,
-            dts=dts,
-            pts=pts,
-            data=h264.to_annexb(kept),
-            keyframe=keyframe,
-        )
-        return [unit]
+        self._max_pts = pts if max_pts is None or pts > max_pts else max_pts
+        return [MediaUnit(Kind.VIDEO, CARRIED_VIDEO, dts, pts, h264.to_annexb(kept), keyframe)]
 
-    def _split(self, data: bytes) -> list[bytes]:
+    def _split(self, data: bytes, start: int) -> list[bytes | memoryview]:
+        """The NAL units of ``data[start:]``: views of ``data`` (AVCC with 4-byte lengths, the
+        usual case), else copies."""
+        if self._length_size == 4:
+            view = memoryview(data)
+            size = len(data)
+            nals: list[bytes | memoryview] = []
+            pos = start
+            while pos + 4 <= size:
+                length = _U32.unpack_from(data, pos)[0]
+                pos += 4
+                if length > size - pos:
+                    break
+                if length:
+                    nals.append(view[pos : pos + length])
+                pos += length
+            if pos == size:
+                return nals
+        body = data[start:] if start else data  # not AVCC (or other lengths): the full checks
         try:
-            return h264.split_avcc(data, self._length_size)
+            return list(h264.split_avcc(body, self._length_size))
         except MediaError:
-            if h264.is_annexb(data):  # some encoders put Annex B inside FLV
-                return h264.split_annexb(data)
+            if h264.is_annexb(body):  # some encoders put Annex B inside FLV
+                return list(h264.split_annexb(body))
             raise
 
-    def _inband_parameter_sets(self, nals: list[bytes], types: list[int]) -> None:
+    def _inband_parameter_sets(self, nals: list[bytes | memoryview], types: list[int]) -> None:
         """An access unit carrying new SPS and PPS changes the configuration."""
         if h264.NAL_SPS not in types or h264.NAL_PPS not in types or self.video_config is None:
             return
-        sps, pps = h264.parameter_sets(nals)
+        sets = (bytes(nal) for nal, t in zip(nals, types, strict=True) if t in _SET_TYPES)
+        sps, pps = h264.parameter_sets(sets)
         if sps == self.video_config.sps and pps == self.video_config.pps:
             return
         try:
@@ -470,6 +508,13 @@ class TagReader:
 
     def audio(self, timestamp: int, payload: bytes) -> list[MediaUnit]:
         """One audio message (RTMP type 8) → 0 or 1 units."""
+        if len(payload) > 2 and payload[1] == AAC_RAW and payload[0] >> 4 == SOUND_AAC:
+            # a raw AAC frame, nearly every message: read in place, as parse_audio_tag would
+            if self.audio_config is None:
+                self.dropped_audio += 1
+                return []
+            dts = self.timeline.map(timestamp)
+            return [MediaUnit(Kind.AUDIO, CARRIED_AUDIO, dts, dts, payload[2:], True)]
         tag = parse_audio_tag(payload)
         if tag.codec != CARRIED_AUDIO:
             raise unsupported_audio(tag)

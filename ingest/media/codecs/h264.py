@@ -93,9 +93,11 @@ def is_annexb(data: bytes) -> bool:
     return data.startswith(b"\x00\x00\x01") or data.startswith(START_CODE)
 
 
-def to_annexb(nals: Iterable[bytes]) -> bytes:
-    """Join NAL units with 4-byte start codes."""
-    return b"".join(START_CODE + nal for nal in nals)
+def to_annexb(nals: Iterable[bytes | memoryview]) -> bytes:
+    """Join NAL units with 4-byte start codes (one copy of each: views are welcome)."""
+    parts: list[bytes | memoryview] = [b""]  # the separator goes in front of every unit
+    parts.extend(nals)
+    return START_CODE.join(parts)
 
 
 def split_avcc(data: bytes, length_size: int = 4) -> list[bytes]:

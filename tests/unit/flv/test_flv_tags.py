@@ -276,6 +276,40 @@ def test_keyframe_flag() -> None:
     assert reader.video(99, tags.avc_nalu_body([], keyframe=False)) == []
 
 
+@pytest.mark.parametrize(
+    ("nals", "keyframe", "cts"),
+    [
+        ([AUD, SEI, IDR], True, 66),
+        ([SLICE], False, -33),
+        ([SPS, PPS, IDR], True, 0),
+        ([SEI], True, 0),
+        ([AUD, b"\x0c\xff\xff", SLICE], False, 0),  # filler data dropped too
+        ([SLICE, SLICE], False, 0x7FFFFF),
+    ],
+)
+def test_legacy_frames_read_in_place_equal_the_full_parse(
+    nals: list[bytes], keyframe: bool, cts: int
+) -> None:
+    """Legacy AVC NAL unit bodies take a short path; Enhanced RTMP avc1 bodies carrying the
+    same frame go through parse_video_tag: the units are the same, and their data is bytes."""
+    legacy, enhanced = reader_with_config(), reader_with_config()
+    body = tags.avc_nalu_body(nals, keyframe, cts)
+    ex = tags.ex_video_body(
+        "avc1",
+        tags.VIDEO_CODED_FRAMES,
+        h264.to_avcc(nals),
+        tags.FRAME_KEY if keyframe else tags.FRAME_INTER,
+        cts,
+    )
+    units = legacy.video(100, body)
+    assert units == enhanced.video(100, ex)
+    assert units
+    assert all(type(u.data) is bytes for u in units)
+    assert legacy.has_b_frames == enhanced.has_b_frames == (cts != 0)
+    (audio,) = legacy.audio(120, AAC_FRAME)
+    assert type(audio.data) is bytes
+
+
 def test_frames_before_sequence_header_are_dropped() -> None:
     reader = TagReader()
     assert reader.video(0, AVC_IDR) == []
