@@ -19,7 +19,7 @@ from .errors import MediaError
 from .flv.tags import TagReader
 from .media.hub import Hub
 from .media.timeline import Timeline
-from .media.units import Kind
+from .media.units import MediaUnit
 from .publishing import LivePublisher, Publishers
 from .rtmp.server import PublishRequest
 
@@ -69,31 +69,39 @@ class RtmpPublisher(LivePublisher):
         self.health.on_metadata(metadata)
 
     def on_audio(self, timestamp: int, payload: bytes) -> None:
-        self._media(Kind.AUDIO, timestamp, payload)
+        if self.closed:
+            return
+        try:
+            units = self.reader.audio(timestamp, payload)
+        except MediaError as e:
+            self.fail(e.message)
+            return
+        self._publish(units)
 
     def on_video(self, timestamp: int, payload: bytes) -> None:
-        self._media(Kind.VIDEO, timestamp, payload)
+        if self.closed:
+            return
+        try:
+            units = self.reader.video(timestamp, payload)
+        except MediaError as e:
+            self.fail(e.message)
+            return
+        self._publish(units)
 
     async def on_close(self, reason: str | None) -> None:
         self.finish(reason)
 
     # --- internals --------------------------------------------------------------------------
 
-    def _media(self, kind: Kind, timestamp: int, payload: bytes) -> None:
-        if self.closed:
-            return
-        try:
-            units = self.reader.receive(kind, timestamp, payload)
-        except MediaError as e:
-            self.fail(e.message)
-            return
-        for change in self.reader.pop_changes():
-            self.publish_track(change.kind, change.config)
-        if not units:
-            return
-        now = time.monotonic()
-        for unit in units:
-            self.push(unit, now)
+    def _publish(self, units: list[MediaUnit]) -> None:
+        reader = self.reader
+        if reader.changed:
+            for change in reader.pop_changes():
+                self.publish_track(change.kind, change.config)
+        if units:
+            now = time.monotonic()
+            for unit in units:
+                self.push(unit, now)
 
     def close_transport(self, reason: str) -> None:
         self._disconnect(reason)

@@ -380,10 +380,13 @@ class TagReader:
         self._length_size = 4
         self._max_pts: int | None = None
         self._changes: list[ConfigChange] = []
+        self.changed = False
+        """Whether :meth:`pop_changes` has changes to give (cheaper to test than to call)."""
 
     def pop_changes(self) -> list[ConfigChange]:
         """The configuration changes since the last call, oldest first."""
         changes, self._changes = self._changes, []
+        self.changed = False
         return changes
 
     def on_metadata(self, values: Mapping[str, object]) -> None:
@@ -500,6 +503,7 @@ class TagReader:
         if config == self.video_config:
             return
         self._changes.append(ConfigChange(Kind.VIDEO, self.video_config, config))
+        self.changed = True
         self.video_config = config
         self.has_b_frames = False
         self._max_pts = None
@@ -522,6 +526,7 @@ class TagReader:
             config, _ = audio_config_from_asc(tag.data)
             if config != self.audio_config:
                 self._changes.append(ConfigChange(Kind.AUDIO, self.audio_config, config))
+                self.changed = True
                 self.audio_config = config
             return []
         if tag.packet is not Packet.CODED_FRAMES or not tag.data:

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from ingest.errors import MediaError
 from ingest.media.codecs import h264
@@ -30,12 +29,12 @@ NO_AUDIO_AFTER_S = 5.0
 BROWSER_PROFILES = frozenset({66, 77, 100})
 
 
-@dataclass(frozen=True, slots=True)
-class _Sample:
-    at: float
-    kind: Kind
-    size: int
-    dts: int
+_Sample = tuple[float, Kind, int, int]
+"""(arrival time, kind, size, dts) of one unit: a plain tuple, one is made per unit."""
+_AT: Final = 0
+_KIND: Final = 1
+_SIZE: Final = 2
+_DTS: Final = 3
 
 
 class Health:
@@ -87,9 +86,13 @@ class Health:
         """One unit arrived at ``now`` (seconds)."""
         if self._first_at is None:
             self._first_at = now
-        self._samples.append(_Sample(now, unit.kind, len(unit.data), unit.dts))
-        self._prune(now)
-        if unit.kind is Kind.AUDIO:
+        kind = unit.kind
+        samples = self._samples
+        samples.append((now, kind, len(unit.data), unit.dts))
+        horizon = now - self.window
+        while samples[0][_AT] <= horizon:  # (the one just added is newer)
+            samples.popleft()
+        if kind is Kind.AUDIO:
             self.audio_frames += 1
             self._last_audio_dts = unit.dts
             return
@@ -114,7 +117,7 @@ class Health:
 
     def _prune(self, now: float) -> None:
         horizon = now - self.window
-        while self._samples and self._samples[0].at <= horizon:
+        while self._samples and self._samples[0][_AT] <= horizon:
             self._samples.popleft()
 
     # -------------------------------------------------------------------------------- metrics
@@ -130,13 +133,13 @@ class Health:
         span = self._span(now)
         if span <= 0:
             return 0.0
-        size = sum(s.size for s in self._samples if kind is None or s.kind is kind)
+        size = sum(s[_SIZE] for s in self._samples if kind is None or s[_KIND] is kind)
         return size * 8 / span / 1000
 
     def fps(self, now: float) -> float | None:
         """Video frames per second from the dts of the frames in the window."""
         self._prune(now)
-        dts = [s.dts for s in self._samples if s.kind is Kind.VIDEO]
+        dts = [s[_DTS] for s in self._samples if s[_KIND] is Kind.VIDEO]
         if len(dts) < 2 or max(dts) <= min(dts):
             return None
         return (len(dts) - 1) * 1000 / (max(dts) - min(dts))

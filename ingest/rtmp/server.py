@@ -207,6 +207,7 @@ class _Peer(asyncio.BufferedProtocol):
         self._admitted = False
         self._awaiting_media = False
         self._closing = False
+        self._handshaken = False
         self._opened = self._loop.time()
         self._last_rx = self._opened
         self._timer: asyncio.TimerHandle | None = None
@@ -282,10 +283,10 @@ class _Peer(asyncio.BufferedProtocol):
             return
         conn = self._conn
         self._last_rx = self._loop.time()
-        handshaking = not conn.handshake_complete
         conn.receive_data(data)
         self._flush()
-        if handshaking and conn.handshake_complete:
+        if not self._handshaken and conn.handshake_complete:
+            self._handshaken = True
             self._schedule_idle(self._server.idle_timeout)
         self._process()
 
@@ -302,15 +303,14 @@ class _Peer(asyncio.BufferedProtocol):
                     return
                 kind = type(event)
                 if kind is VideoReceived or kind is AudioReceived:
-                    assert isinstance(event, VideoReceived | AudioReceived)
                     session = self._session
                     if session is None:
                         continue
                     if self._awaiting_media:
                         self._media_started()
-                    if kind is VideoReceived:
+                    if isinstance(event, VideoReceived):
                         session.on_video(event.timestamp, event.payload)
-                    else:
+                    elif isinstance(event, AudioReceived):
                         session.on_audio(event.timestamp, event.payload)
                 elif isinstance(event, MetadataReceived):
                     if self._session is not None:
