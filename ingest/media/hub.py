@@ -251,8 +251,11 @@ class Reader:
         elif self._episode:  # audio: room again, the episode is over
             self._finish_episode("caught up")
         q.append(entry)
-        if self._waiter is not None:
-            self._wake()
+        waiter = self._waiter
+        if waiter is not None:  # (_wake, inline: this runs per unit and reader)
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -383,9 +386,18 @@ class Track:
         entry = (unit, self._state)
         keyframe = unit.keyframe
         if self.kind is Kind.VIDEO:
-            self._cache_video(entry, unit)
-        else:
-            self._cache_audio(entry, unit)
+            if keyframe:
+                self._gop = [entry]
+                self._gop_bytes = len(unit.data)
+                self._gop_valid = True
+            elif self._gop_valid:
+                self._cache_video(entry, unit)
+        else:  # the audio tail: the last AUDIO_TAIL_MS (the unit just added is never dropped)
+            tail = self._audio_tail
+            tail.append(entry)
+            oldest = unit.dts - AUDIO_TAIL_MS
+            while tail[0][0].dts < oldest or len(tail) > AUDIO_TAIL_MAX_UNITS:
+                tail.popleft()
         for reader in self._readers:
             reader._offer(entry, keyframe)
 
@@ -412,31 +424,20 @@ class Track:
             on_end(self)
 
     def _cache_video(self, entry: _Entry, unit: MediaUnit) -> None:
-        size = len(unit.data)
-        if unit.keyframe:
-            self._gop = [entry]
-            self._gop_bytes = size
-            self._gop_valid = True
-        elif self._gop_valid:
-            self._gop.append(entry)
-            self._gop_bytes += size
-            if len(self._gop) > GOP_CACHE_MAX_UNITS or self._gop_bytes > GOP_CACHE_MAX_BYTES:
-                log.info(
-                    "%r: GOP over %d units / %d bytes, not cached until the next keyframe",
-                    self,
-                    GOP_CACHE_MAX_UNITS,
-                    GOP_CACHE_MAX_BYTES,
-                )
-                self._gop = []
-                self._gop_bytes = 0
-                self._gop_valid = False
-
-    def _cache_audio(self, entry: _Entry, unit: MediaUnit) -> None:
-        tail = self._audio_tail
-        tail.append(entry)
-        oldest = unit.dts - AUDIO_TAIL_MS
-        while tail and (tail[0][0].dts < oldest or len(tail) > AUDIO_TAIL_MAX_UNITS):
-            tail.popleft()
+        """Add a unit after the cached GOP's keyframe."""
+        gop = self._gop
+        gop.append(entry)
+        self._gop_bytes += len(unit.data)
+        if len(gop) > GOP_CACHE_MAX_UNITS or self._gop_bytes > GOP_CACHE_MAX_BYTES:
+            log.info(
+                "%r: GOP over %d units / %d bytes, not cached until the next keyframe",
+                self,
+                GOP_CACHE_MAX_UNITS,
+                GOP_CACHE_MAX_BYTES,
+            )
+            self._gop = []
+            self._gop_bytes = 0
+            self._gop_valid = False
 
     # -- reader side --------------------------------------------------------------------------
 
