@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ingest.bench import compare
-from ingest.bench.compare import Plan
+from ingest.bench import apply_baseline, compare
+from ingest.bench.compare import Plan, Report, Sample
+from ingest.bench.forwarding import per_viewer_row
 
 pytestmark = pytest.mark.e2e
 
@@ -59,3 +60,19 @@ def test_compare_and_scale_measure_both_systems_and_plot(tmp_path: Path) -> None
     data = png.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
     assert len(data) > 10_000  # three panels with lines, not an empty canvas
+
+
+def test_whip_forwarding_per_viewer_row_is_judged_by_its_ratio_to_the_tee_baseline() -> None:
+    report = Report(SMOKE)  # the same run's fan-out: ffmpeg + tee, 1 then 5 viewers
+    report.fanout = [
+        Sample("ffmpeg", 1, 1, 3.0, 30.0, [30.0], 0, 0.5),
+        Sample("ffmpeg", 1, 5, 7.0, 30.0, [30.0] * 5, 0, 0.5),
+    ]
+    rows = [per_viewer_row(0.9)]
+    apply_baseline(rows, report)
+    (row,) = rows
+    assert row["value"] == 0.9  # the absolute figure stays visible
+    assert row["baseline"] == 1.0  # tee: (7 - 3) / 4 % of a core per viewer
+    assert row["ratio"] == pytest.approx(0.9)
+    assert row["target"] == "<= 0.8 x ffmpeg"
+    assert row["ok"] is False  # 0.9 % met the old absolute "<= 1 % core"; the ratio does not
