@@ -40,7 +40,10 @@ def parser_rows(seconds: float = 2.0) -> list[dict[str, Any]]:
 
 
 def apply_baseline(rows: list[dict[str, Any]], report: Report) -> None:
-    """Give the bridge's CPU rows their ratio to the baseline measured in ``report``."""
+    """Give the rows marked ``compare_to`` (the bridge's CPU rows, WHIP forwarding's extra CPU
+    per viewer) their ratio to the baseline measured in ``report``: ``"stream"``, the ffmpeg
+    baseline's CPU at one stream and one viewer; ``"viewer"``, its ``tee`` fan-out's extra CPU
+    per viewer."""
     base = report.medians(Baseline.name).get("cpu")
     per_viewer = report.per_viewer(Baseline.name)
     for row in rows:
@@ -65,8 +68,10 @@ def run_all(
 ) -> tuple[list[dict[str, Any]], Report]:
     """Every benchmark: the parser, the bridge's latency / first frame / CPU rows, the B-frame
     first-frame row, the WHIP forwarding rows (:mod:`.forwarding`), the HLS rows (:mod:`.hls`),
-    then ``compare`` and ``scale`` against the ffmpeg baseline. Returns the rows measured here
-    (bridge CPU rows with their ratios) and the comparison's report (its own rows:
+    then ``compare`` and ``scale`` against the ffmpeg baseline. Every CPU row with a target is
+    judged by its ratio to a baseline measured in this run: the bridge's and WHIP forwarding's
+    to ``compare``/``scale``'s (set here), the HLS rows to the ffmpeg runs of :mod:`.hls`.
+    Returns the rows measured here and the comparison's report (its own rows:
     ``report.rows()``)."""
     from . import compare
     from .bridge import bench_bridge, bench_first_frame_bframes
@@ -78,7 +83,7 @@ def run_all(
     rows += bench_bridge(seconds, log=say)
     rows.append(bench_first_frame_bframes(say))
     rows += bench_forwarding(seconds, log=say)  # WHIP: forwarded as received
-    rows += bench_hls(seconds, log=say)  # LL-HLS part latency, remux and composite CPU
+    rows += bench_hls(seconds, log=say)  # LL-HLS part latency; HLS CPU against ffmpeg's
     report = compare.run(plan, log=say)
     apply_baseline(rows, report)
     return rows, report

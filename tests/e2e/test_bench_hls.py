@@ -1,4 +1,5 @@
-"""The HLS rows of ``ingest bench`` run end to end (briefly) and measure something real."""
+"""The HLS rows of ``ingest bench`` run end to end (briefly) and measure something real, ours and
+the ffmpeg baseline's alike."""
 
 from __future__ import annotations
 
@@ -17,5 +18,15 @@ def test_hls_rows() -> None:
     assert not math.isnan(p50)
     assert 0 < p50 < 5000  # a part is cut within its duration plus scheduling, not minutes
     assert rows["LL-HLS remux CPU, one 1080p30 stream"]["value"] >= 0
-    composite = rows["HLS composite CPU, two 720p30 hosts"]["value"]
-    assert composite > 5  # decoding two 720p30 streams and encoding one costs real CPU
+    assert rows["HLS composite CPU, two 720p30 hosts"]["value"] > 5
+
+    remux = rows["LL-HLS: server CPU, one 1080p30 stream in, LL-HLS out"]
+    composite = rows["HLS composite: server CPU, two 720p30 hosts in, HLS out"]
+    assert remux["baseline"] > 0  # ffmpeg received the push and wrote HLS: CPU was spent
+    # decoding two 720p30 streams and encoding one costs real CPU, in both systems
+    assert composite["value"] > 5
+    assert composite["baseline"] > 5
+    for row in (remux, composite):  # judged by the ratio to this run's ffmpeg, not by %
+        assert row["ratio"] == pytest.approx(row["value"] / row["baseline"])
+        assert row["target"].endswith("x ffmpeg")
+        assert row["ok"] is (row["ratio"] <= float(row["target"].split()[1]))
