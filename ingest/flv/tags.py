@@ -115,6 +115,11 @@ AUDIO_FIX = "set OBS Output > Audio Encoder to AAC (ffmpeg: -c:a aac)"
 DROPPED_NAL_TYPES = frozenset({h264.NAL_AUD, h264.NAL_FILLER})
 _U32 = struct.Struct(">I")
 _SET_TYPES = (h264.NAL_SPS, h264.NAL_PPS)
+# NAL unit types as bits (1 << type) for the per-frame checks
+_SETS = 1 << h264.NAL_SPS | 1 << h264.NAL_PPS
+_IDR = 1 << h264.NAL_IDR
+_VCL = sum(1 << t for t in h264.VCL_TYPES)
+_DROPPED = sum(1 << t for t in DROPPED_NAL_TYPES)
 
 
 class Packet(enum.Enum):
@@ -435,19 +440,19 @@ class TagReader:
             self.dropped_video += 1
             return []
         nals = self._split(data, start)
-        types = [nal[0] & 0x1F for nal in nals]
-        has_sets = h264.NAL_SPS in types and h264.NAL_PPS in types
+        present = 0  # bit t set: a NAL unit of type t is in the access unit
+        for nal in nals:
+            present |= 1 << (nal[0] & 0x1F)
+        has_sets = present & _SETS == _SETS
         if has_sets:
-            self._inband_parameter_sets(nals, types)
+            self._inband_parameter_sets(nals)
         config = self.video_config
-        has_idr = h264.NAL_IDR in types
-        keyframe = has_idr or (key_flag and not any(t in h264.VCL_TYPES for t in types))
+        has_idr = present & _IDR
+        keyframe = bool(has_idr) or (key_flag and not present & _VCL)
         kept = nals
-        if h264.NAL_AUD in types or h264.NAL_FILLER in types:
-            kept = [nal for nal, t in zip(nals, types, strict=True) if t not in DROPPED_NAL_TYPES]
-            if not kept:
-                return []
-        elif not kept:
+        if present & _DROPPED:
+            kept = [nal for nal in nals if not (1 << (nal[0] & 0x1F)) & _DROPPED]
+        if not kept:
             return []
         if has_idr and not has_sets:
             kept = [*config.sps, *config.pps, *kept]
@@ -485,12 +490,11 @@ class TagReader:
                 return list(h264.split_annexb(body))
             raise
 
-    def _inband_parameter_sets(self, nals: list[bytes | memoryview], types: list[int]) -> None:
-        """An access unit carrying new SPS and PPS changes the configuration."""
-        if h264.NAL_SPS not in types or h264.NAL_PPS not in types or self.video_config is None:
+    def _inband_parameter_sets(self, nals: list[bytes | memoryview]) -> None:
+        """An access unit carrying SPS and PPS: new ones change the configuration."""
+        if self.video_config is None:
             return
-        sets = (bytes(nal) for nal, t in zip(nals, types, strict=True) if t in _SET_TYPES)
-        sps, pps = h264.parameter_sets(sets)
+        sps, pps = h264.parameter_sets(bytes(nal) for nal in nals if nal[0] & 0x1F in _SET_TYPES)
         if sps == self.video_config.sps and pps == self.video_config.pps:
             return
         try:

@@ -87,29 +87,34 @@ class Health:
         if self._first_at is None:
             self._first_at = now
         kind = unit.kind
+        dts = unit.dts
         samples = self._samples
-        samples.append((now, kind, len(unit.data), unit.dts))
+        samples.append((now, kind, len(unit.data), dts))
         horizon = now - self.window
         while samples[0][_AT] <= horizon:  # (the one just added is newer)
             samples.popleft()
         if kind is Kind.AUDIO:
             self.audio_frames += 1
-            self._last_audio_dts = unit.dts
+            self._last_audio_dts = dts
             return
         self.video_frames += 1
         if self._first_video_at is None:
             self._first_video_at = now
-        self._last_video_dts = unit.dts
+        self._last_video_dts = dts
+        gop_start = self._gop_start
         if unit.keyframe:
-            if self._keyframes and self._gop_start is not None and unit.dts > self._gop_start:
-                self._key_interval_ms = unit.dts - self._gop_start
+            if self._keyframes and gop_start is not None and dts > gop_start:
+                self._key_interval_ms = dts - gop_start
             self._keyframes += 1
-            self._gop_start = unit.dts
-        elif self._gop_start is None:
-            self._gop_start = unit.dts
-        if unit.pts != unit.dts or (self._max_pts is not None and unit.pts < self._max_pts):
+            self._gop_start = dts
+        elif gop_start is None:
+            self._gop_start = dts
+        pts = unit.pts
+        max_pts = self._max_pts
+        if pts != dts or (max_pts is not None and pts < max_pts):
             self._last_reorder_at = now
-        self._max_pts = unit.pts if self._max_pts is None else max(self._max_pts, unit.pts)
+        if max_pts is None or pts > max_pts:
+            self._max_pts = pts
 
     def on_units(self, units: Iterable[MediaUnit], now: float) -> None:
         for unit in units:

@@ -395,14 +395,14 @@ class ServerConnection:
         events = self._events
         publishing = self._publishing
         for m in msgs:
-            t = m.type_id
+            t, sid, ts, payload, _ = m
             if t == 9 or t == 8:
-                if m.stream_id not in publishing:
+                if sid not in publishing:
                     self._media_refused(m)
                 if t == 9:
-                    events.append(VideoReceived(m.stream_id, m.timestamp, m.payload))
+                    events.append(VideoReceived(sid, ts, payload))
                 else:
-                    events.append(AudioReceived(m.stream_id, m.timestamp, m.payload))
+                    events.append(AudioReceived(sid, ts, payload))
             else:
                 self._handle(m)
 
