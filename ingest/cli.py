@@ -279,7 +279,11 @@ def _bench_check(plot_path: Path | None) -> None:
 
 @main.group(invoke_without_command=True)
 @click.option(
-    "--seconds", type=float, default=2.0, show_default=True, help="Parser and bridge windows."
+    "--seconds",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Windows of the in-process rows (parser, bridge, WHIP forwarding, HLS).",
 )
 @_bench_options
 @click.pass_context
