@@ -26,6 +26,7 @@ import numpy.typing as npt
 from av.audio.codeccontext import AudioCodecContext
 from av.audio.resampler import AudioResampler
 from av.video.codeccontext import VideoCodecContext
+from av.video.reformatter import Interpolation, VideoReformatter
 
 from ingest.media.codecs.h264 import (
     parameter_sets,
@@ -90,6 +91,23 @@ def fit(src_w: int, src_h: int, cell_w: int, cell_h: int) -> tuple[int, int]:
     return max(4, int(src_w * scale) & ~3), max(4, int(src_h * scale) & ~3)
 
 
+_AUDIO_MAX = int(MAX_AUDIO_BUFFER_S * AUDIO_RATE)
+_AUDIO_CAPACITY = 2 * _AUDIO_MAX
+"""Room for twice the bound: the buffered samples move to the front only once it is full."""
+
+Plane = npt.NDArray[np.uint8]
+
+
+def planes(frame: av.VideoFrame) -> tuple[Plane, Plane, Plane]:
+    """Writable numpy views of a yuv420p frame's Y, U and V planes (no copy: the frame's own
+    buffers, row padding cut off)."""
+    views = []
+    for plane in frame.planes[:3]:
+        rows = np.frombuffer(memoryview(plane), np.uint8).reshape(plane.height, plane.line_size)
+        views.append(rows[:, : plane.width])
+    return views[0], views[1], views[2]
+
+
 class _Host:
     def __init__(self, participant_id: str) -> None:
         self.participant_id = participant_id
@@ -99,12 +117,45 @@ class _Host:
         self.audio_record: bytes = b""
         self.resampler: AudioResampler | None = None
         self.picture: av.VideoFrame | None = None
-        self.pcm: npt.NDArray[np.float32] = np.zeros((2, 0), np.float32)
+        self.drawn: av.VideoFrame | None = None  # the picture its cell shows now
+        self.scaler = VideoReformatter()  # kept: its swscale context is set up once
+        # Decoded audio, 48 kHz stereo float, not mixed yet: ``buffer[:, start:end]``.
+        self.buffer: npt.NDArray[np.float32] = np.zeros((2, _AUDIO_CAPACITY), np.float32)
+        self.start = self.end = 0
         self.primed = False  # enough audio buffered to be mixed
+
+    @property
+    def pcm(self) -> npt.NDArray[np.float32]:
+        """The buffered audio (a view)."""
+        return self.buffer[:, self.start : self.end]
+
+    def push_audio(self, frame: av.AudioFrame) -> None:
+        """Append a 48 kHz stereo ``fltp`` frame, dropping the oldest samples beyond
+        :data:`MAX_AUDIO_BUFFER_S`."""
+        n = frame.samples
+        keep = _AUDIO_MAX - n  # of what is buffered, once the frame is in
+        if keep <= 0:  # a frame longer than the whole buffer: its end only
+            src, n = -_AUDIO_MAX, _AUDIO_MAX
+            self.start = self.end = 0
+        else:
+            src = 0
+            self.start = max(self.start, self.end - keep)
+            if self.end + n > _AUDIO_CAPACITY:  # move what is kept to the front
+                held = self.end - self.start
+                self.buffer[:, :held] = self.buffer[:, self.start : self.end]
+                self.start, self.end = 0, held
+        for channel, plane in enumerate(frame.planes[:2]):
+            samples = np.frombuffer(memoryview(plane), np.float32, frame.samples)
+            self.buffer[channel, self.end : self.end + n] = samples[src:] if src else samples
+        self.end += n
 
 
 class Compositor:
-    """Decoders per host, one encoder pair per call. Call every method from one thread."""
+    """Decoders per host, one encoder pair per call. Call every method from one thread.
+
+    The picture is drawn into one output frame kept for the call (a cell is redrawn only when
+    its host decoded a new picture; the whole frame is cleared only when the layout changes),
+    each host scaled by swscale straight to its cell's size."""
 
     def __init__(self, *, width: int = WIDTH, height: int = HEIGHT, fps: int = FPS) -> None:
         self.width, self.height, self.fps = width, height, fps
@@ -112,11 +163,15 @@ class Compositor:
         self.video_config: VideoConfig | None = None
         self.audio_config: AudioConfig | None = None
         self.frames_out = 0
+        self.cells_drawn = 0
         self.decode_errors = 0
         self._venc = self._video_encoder()
         self._aenc = self._audio_encoder()
         self._samples_out = 0
-        self._canvas = np.zeros((height * 3 // 2, width), np.uint8)
+        self._frame = av.VideoFrame(width, height, "yuv420p")
+        self._planes = planes(self._frame)
+        self._layout: list[tuple[str, int, int, int, int]] = []
+        self._mix = np.zeros((2, AAC_FRAME), np.float32)
 
     def _video_encoder(self) -> VideoCodecContext:
         enc = av.VideoCodecContext.create("libx264", "w")
@@ -125,6 +180,10 @@ class Compositor:
         enc.time_base = Fraction(1, 1000)
         enc.framerate = Fraction(self.fps)
         enc.bit_rate = VIDEO_BITRATE
+        # One thread: x264's slice threads (PyAV's default, all cores) cost more CPU in all (each
+        # frame split into slices, threads woken and waited for), and one 720p30 encode at this
+        # preset needs a fraction of a core.
+        enc.thread_count = 1
         gop = GOP_S * self.fps
         enc.options = {
             "preset": "veryfast",
@@ -184,17 +243,12 @@ class Compositor:
             host.resampler = AudioResampler(format="fltp", layout="stereo", rate=AUDIO_RATE)
         assert host.resampler is not None
         try:
-            frames = decoder.decode(av.Packet(unit.data))
-            for frame in frames:
+            for frame in decoder.decode(av.Packet(unit.data)):
                 for out in host.resampler.resample(frame):
-                    host.pcm = np.concatenate([host.pcm, out.to_ndarray().astype(np.float32)], 1)
+                    host.push_audio(out)
         except av.error.FFmpegError as e:
             self.decode_errors += 1
             log.debug("composite: audio of %s does not decode: %s", participant_id, e)
-            return
-        excess = host.pcm.shape[1] - int(MAX_AUDIO_BUFFER_S * AUDIO_RATE)
-        if excess > 0:
-            host.pcm = host.pcm[:, excess:]
 
     # -- output --------------------------------------------------------------------------------
 
@@ -203,27 +257,46 @@ class Compositor:
         return self._video(t_ms) + self._audio(t_ms)
 
     def _draw(self) -> av.VideoFrame:
+        """The output frame, with each cell whose host has a new picture redrawn."""
         w, h = self.width, self.height
-        canvas = self._canvas
-        canvas[:h] = 16  # black
-        canvas[h:] = 128
         hosts = list(self.hosts.values())
+        layout = []
         for (x, y, cw, ch), host in zip(grid(len(hosts), w, h), hosts, strict=True):
             pic = host.picture
             if pic is None or pic.width <= 0 or pic.height <= 0:
+                layout.append((host.participant_id, x, y, 0, 0))
                 continue
             fw, fh = fit(pic.width, pic.height, cw, ch)
             ox, oy = (x + (cw - fw) // 2) & ~1, (y + (ch - fh) // 2) & ~1
-            planes = pic.reformat(width=fw, height=fh, format="yuv420p").to_ndarray()
-            canvas[oy : oy + fh, ox : ox + fw] = planes[:fh]
-            # U and V planes are stored below Y, each as rows of half width packed two per row.
-            u = planes[fh : fh + fh // 4].reshape(fh // 2, fw // 2)
-            v = planes[fh + fh // 4 :].reshape(fh // 2, fw // 2)
-            cu = canvas[h : h + h // 4].reshape(h // 2, w // 2)
-            cv = canvas[h + h // 4 :].reshape(h // 2, w // 2)
-            cu[oy // 2 : oy // 2 + fh // 2, ox // 2 : ox // 2 + fw // 2] = u
-            cv[oy // 2 : oy // 2 + fh // 2, ox // 2 : ox // 2 + fw // 2] = v
-        return av.VideoFrame.from_ndarray(canvas, format="yuv420p")
+            layout.append((host.participant_id, ox, oy, fw, fh))
+        y_, u_, v_ = self._planes
+        if layout != self._layout:  # hosts came, went or changed size: black, all redrawn
+            self._layout = layout
+            y_.fill(16)
+            u_.fill(128)
+            v_.fill(128)
+            for host in hosts:
+                host.drawn = None
+        for (_, ox, oy, fw, fh), host in zip(layout, hosts, strict=True):
+            pic = host.picture
+            if pic is None or pic is host.drawn or not fw:
+                continue
+            host.drawn = pic
+            self.cells_drawn += 1
+            scaled = host.scaler.reformat(
+                pic,
+                width=fw,
+                height=fh,
+                format="yuv420p",
+                interpolation=Interpolation.BILINEAR,
+                threads=1,
+            )
+            sy, su, sv = planes(scaled)
+            y_[oy : oy + fh, ox : ox + fw] = sy
+            cx, cy = ox // 2, oy // 2
+            u_[cy : cy + fh // 2, cx : cx + fw // 2] = su
+            v_[cy : cy + fh // 2, cx : cx + fw // 2] = sv
+        return self._frame
 
     def _video(self, t_ms: int) -> list[MediaUnit]:
         frame = self._draw()
@@ -249,19 +322,28 @@ class Compositor:
     def _audio(self, t_ms: int) -> list[MediaUnit]:
         out: list[MediaUnit] = []
         while self._samples_out * 1000 // AUDIO_RATE + 1000 * AAC_FRAME // AUDIO_RATE <= t_ms:
-            mix = np.zeros((2, AAC_FRAME), np.float32)
+            mix = self._mix
+            mixed = 0  # samples of ``mix`` written so far (the rest is silence)
             for host in self.hosts.values():
-                have = host.pcm.shape[1]
+                have = host.end - host.start
                 if not host.primed:
                     host.primed = have >= AUDIO_JITTER_S * AUDIO_RATE
                     if not host.primed:
                         continue
                 take = min(AAC_FRAME, have)
                 if take:
-                    mix[:, :take] += host.pcm[:, :take]
-                    host.pcm = host.pcm[:, take:]
+                    pcm = host.buffer[:, host.start : host.start + take]
+                    both = min(take, mixed)
+                    if both:
+                        np.add(mix[:, :both], pcm[:, :both], out=mix[:, :both])
+                    if take > mixed:
+                        mix[:, mixed:take] = pcm[:, mixed:]
+                        mixed = take
+                    host.start += take
                 if take < AAC_FRAME:
                     host.primed = False  # ran dry: buffer again before mixing it
+            if mixed < AAC_FRAME:
+                mix[:, mixed:] = 0
             np.clip(mix, -1.0, 1.0, out=mix)
             frame = av.AudioFrame.from_ndarray(mix, format="fltp", layout="stereo")
             frame.sample_rate = AUDIO_RATE
