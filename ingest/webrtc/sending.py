@@ -31,10 +31,11 @@ once). A single packet goes out with ``sendto``. When the socket cannot take a d
   connected and the pair is a plain aioice UDP pair (no TURN) on asyncio's own transport;
   otherwise (or while ICE has no pair, or in tests with a fake transport) it falls back to
   aiortc's own ``_send_rtp``, one packet at a time.
-* NACK / RTX: the history keeps, for the last :data:`HISTORY_UNITS` units, (first sequence
-  number, timestamp, payloads): one entry per unit, not per packet. A NACKed packet is rebuilt
-  from it and sent over RTX (or as itself without RTX), through aiortc's ``_send_rtp``, like
-  aiortc.
+* NACK / RTX: the history (:class:`SendHistory`) keeps whole units, one entry per unit
+  (first sequence number, timestamp, payloads), as many as make :data:`HISTORY_PACKETS` packets
+  (aiortc's bound). A NACKed packet is rebuilt from it and sent over RTX (or as itself without
+  RTX), through aiortc's ``_send_rtp``, like aiortc; at most :data:`RETRANSMIT_MAX_PER_S` a
+  second per sender, so a viewer's NACK storm costs the server little.
 * RTCP sender reports and ``getStats`` keep working: the packet / octet counts and the last
   NTP / RTP timestamp pair that aiortc's ``_run_rtcp`` reads are written once per unit.
 
@@ -53,6 +54,7 @@ import errno
 import logging
 import socket
 import struct
+import time
 import traceback
 from collections import deque
 from typing import Any
@@ -93,8 +95,12 @@ GSO_MAX_SEGMENTS = 64
 """Datagrams one ``sendmsg`` may carry (the kernel's ``UDP_MAX_SEGMENTS`` on older Linux)."""
 GSO_MAX_BYTES = 60_000
 """Bytes one ``sendmsg`` may carry (under the 65,507 of one UDP/IPv4 datagram's payload)."""
-HISTORY_UNITS = RTP_HISTORY_SIZE
-"""Units a sender remembers for retransmission: at least aiortc's 128 packets for any codec."""
+HISTORY_PACKETS = RTP_HISTORY_SIZE
+"""Packets a sender remembers for retransmission (aiortc's 128), as whole units: the oldest unit
+goes once the others hold this many."""
+RETRANSMIT_MAX_PER_S = 300
+"""Packets a sender retransmits a second at most (half of a 6 Mbit/s stream's packets lost);
+NACKs beyond it are ignored until the next second."""
 MAX_PACKET_BYTES = SRTP_BUFFER_BYTES - SRTP_MAX_TRAILER_BYTES
 """An RTP packet (before SRTP) longer than this is refused (it would not fit one datagram)."""
 
@@ -117,7 +123,8 @@ class LeanRtpSender(SenderHooks):
     Never constructed: :func:`~ingest.webrtc.packing.install` switches a new sender's class to
     this one, after giving it its packer and header-extension writer."""
 
-    _lean_history: deque[tuple[int, int, list[bytes]]]
+    _lean_history: SendHistory
+    _lean_budget: list[float]  # [retransmissions left, the second they count for]
     _lean_payload_type: int
     _lean_udp: UdpBatcher
     lean_packets = 0
@@ -133,8 +140,8 @@ class LeanRtpSender(SenderHooks):
 
     async def run_rtp(self, codec: RTCRtpCodecParameters) -> None:
         rtp_loop_started(self)
-        history: deque[tuple[int, int, list[bytes]]] = deque(maxlen=HISTORY_UNITS)
-        self._lean_history = history
+        self._lean_history = history = SendHistory()
+        self._lean_budget = [RETRANSMIT_MAX_PER_S, 0.0]
         self._lean_payload_type = payload_type = codec.payloadType or 0  # always set by send()
         self._lean_udp = udp = UdpBatcher()
         ssrc, _ = sender_ssrcs(self)
@@ -162,7 +169,7 @@ class LeanRtpSender(SenderHooks):
                 first = _VERSION_2 | (_HAS_EXTENSION if extensions else 0)
                 dtls = self.transport
                 route = udp_route(dtls)
-                history.append((sequence_number, timestamp, payloads))
+                history.append(sequence_number, timestamp, payloads)
                 count = len(payloads)
                 octets = sum(map(len, payloads))
                 if route is not None:
@@ -194,18 +201,18 @@ class LeanRtpSender(SenderHooks):
 
     async def retransmit(self, sequence_number: int) -> None:
         """Resend a packet a receiver reported lost, over RTX when negotiated."""
-        history = getattr(self, "_lean_history", None)
-        if not history:
+        history: SendHistory | None = getattr(self, "_lean_history", None)
+        found = history.find(sequence_number) if history is not None else None
+        if found is None:
             return
-        for entry in reversed(history):
-            index = (sequence_number - entry[0]) & 0xFFFF
-            if index < len(entry[2]):
-                break
-        else:
+        budget = self._lean_budget
+        now = time.monotonic()
+        if now - budget[1] >= 1.0:
+            budget[0], budget[1] = RETRANSMIT_MAX_PER_S, now
+        if budget[0] <= 0:
             return
-        _, timestamp, payloads = entry
-        payload = payloads[index]
-        marker = _MARKER if index == len(payloads) - 1 else 0
+        budget[0] -= 1
+        timestamp, payload, marker = found
         extensions = self._lean_extensions((clock.current_ntp_time() >> 14) & 0x00FFFFFF)
         first = _VERSION_2 | (_HAS_EXTENSION if extensions else 0)
         ssrc, rtx_ssrc = sender_ssrcs(self)
@@ -221,6 +228,40 @@ class LeanRtpSender(SenderHooks):
             )
             payload = _SEQ.pack(sequence_number) + payload
         await rtp_send(self.transport)(packet + extensions + payload)
+
+
+class SendHistory:
+    """A sender's recent units for retransmission: (first sequence number, timestamp, payloads)
+    each, oldest first, together at least :data:`HISTORY_PACKETS` packets (and at most that plus
+    the newest unit's)."""
+
+    __slots__ = ("_next", "_packets", "_units")
+
+    def __init__(self) -> None:
+        self._units: deque[tuple[int, int, list[bytes]]] = deque()
+        self._packets = 0
+        self._next = 0  # the sequence number after the newest unit's last packet
+
+    def append(self, sequence_number: int, timestamp: int, payloads: list[bytes]) -> None:
+        units = self._units
+        units.append((sequence_number, timestamp, payloads))
+        self._packets += len(payloads)
+        self._next = (sequence_number + len(payloads)) & 0xFFFF
+        while len(units) > 1 and self._packets - len(units[0][2]) >= HISTORY_PACKETS:
+            self._packets -= len(units.popleft()[2])
+
+    def find(self, sequence_number: int) -> tuple[int, bytes, int] | None:
+        """(timestamp, payload, marker) of a packet still remembered, else ``None``."""
+        behind = (self._next - 1 - sequence_number) & 0xFFFF  # 0: the newest packet
+        if behind >= self._packets:
+            return None
+        for _, timestamp, payloads in reversed(self._units):
+            count = len(payloads)
+            if behind < count:
+                index = count - 1 - behind
+                return timestamp, payloads[index], _MARKER if index == count - 1 else 0
+            behind -= count
+        return None
 
 
 class UdpBatcher:

@@ -27,7 +27,12 @@ from ingest.webrtc.aiortc_compat import (
 from ingest.webrtc.aiortc_compat import check as check_aiortc
 from ingest.webrtc.aiortc_compat import udp_route as _route
 from ingest.webrtc.packing import PayloadCache, install, packetize_h264
-from ingest.webrtc.sending import HISTORY_UNITS, LeanRtpSender
+from ingest.webrtc.sending import (
+    HISTORY_PACKETS,
+    RETRANSMIT_MAX_PER_S,
+    LeanRtpSender,
+    SendHistory,
+)
 from ingest.webrtc.tracks import PassthroughVideoTrack
 from tests.unit.webrtc.test_packing import (
     VCFG,
@@ -155,10 +160,10 @@ async def test_counters_and_a_retransmission_without_rtx() -> None:
         await sender.stop()
 
 
-async def test_the_history_keeps_the_last_history_units_units() -> None:
+async def test_the_history_keeps_the_last_history_packets_packets() -> None:
     parameters = without_rtx(send_parameters("video"))
     source, sender, dtls = await started_sender(parameters)
-    count = HISTORY_UNITS + 2
+    count = HISTORY_PACKETS + 2
     for i in range(count):  # one small packet per unit
         source.push(video(1000 + 33 * i, b"\x00\x00\x00\x01\x65" + bytes([i % 250 + 1]) * 50))
     ext_map = HeaderExtensionsMap()
@@ -179,5 +184,56 @@ async def test_the_history_keeps_the_last_history_units_units() -> None:
         ]
         assert resent[1].payload == sent[-1].payload
         assert resent[1].marker == 1
+    finally:
+        await sender.stop()
+
+
+def test_send_history_finds_packets_by_sequence_number_across_the_wrap() -> None:
+    history = SendHistory()
+    history.append(65530, 1000, [b"a", b"b", b"c"])  # 65530-65532
+    history.append(65533, 2000, [b"d", b"e", b"f", b"g", b"h"])  # 65533-65535, 0, 1
+    assert history.find(65530) == (1000, b"a", 0)
+    assert history.find(65532) == (1000, b"c", 0x80)  # the last of its unit: the marker
+    assert history.find(0) == (2000, b"g", 0)
+    assert history.find(1) == (2000, b"h", 0x80)
+    assert history.find(2) is None  # not sent yet
+    assert history.find(65529) is None  # before the history
+    assert history.find(30000) is None
+
+
+def test_send_history_keeps_whole_units_up_to_its_bound() -> None:
+    history = SendHistory()
+    seq = 0
+    for i in range(200):  # one packet a unit (audio)
+        history.append(seq, i, [bytes([i])])
+        seq += 1
+    assert history.find(seq - HISTORY_PACKETS) == (
+        200 - HISTORY_PACKETS,
+        bytes([200 - HISTORY_PACKETS]),
+        0x80,
+    )
+    assert history.find(seq - HISTORY_PACKETS - 1) is None
+    keyframe = [bytes([7])] * (2 * HISTORY_PACKETS)  # one unit larger than the bound: kept whole
+    history.append(seq, 999, keyframe)
+    assert history.find(seq) == (999, bytes([7]), 0)
+    assert history.find(seq - 1) is None  # the older units went
+    history.append(seq + len(keyframe), 1000, [b"p"])
+    assert history.find(seq) == (999, bytes([7]), 0)  # still: the others hold fewer than the bound
+
+
+async def test_retransmissions_are_capped_per_second() -> None:
+    parameters = without_rtx(send_parameters("video"))
+    source, sender, dtls = await started_sender(parameters)
+    source.push(video(1000, b"\x00\x00\x00\x01\x65" + b"\x01" * 50))
+    ext_map = HeaderExtensionsMap()
+    ext_map.configure(parameters)
+    try:
+        await wait_for(lambda: len(dtls.rtp(ext_map)) >= 1, dtls)
+        [sent] = dtls.rtp(ext_map)
+        before = len(dtls.sent)
+        nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=sender._ssrc)
+        nack.lost = [sent.sequence_number] * (RETRANSMIT_MAX_PER_S + 100)  # a NACK storm
+        await sender._handle_rtcp_packet(nack)
+        assert len(dtls.sent) - before == RETRANSMIT_MAX_PER_S
     finally:
         await sender.stop()
