@@ -137,6 +137,28 @@ def test_bridge_cpu_rows_get_their_ratio_from_the_same_run() -> None:
     assert all("compare_to" not in r for r in rows)
 
 
+def test_an_in_process_cpu_row_shows_its_ratio_but_leaves_the_verdict_to_the_judging_row() -> None:
+    report = Report(Plan())
+    report.compare = [sample("ingest", 4.0), sample("ffmpeg", 4.0)]
+    report.fanout = [sample("ffmpeg", 4.0), sample("ffmpeg", 6.0, viewers=5)]
+    rows = [
+        {"name": "one", "value": 5.0, "unit": "% core", "target": "", "ok": None,
+         "compare_to": "stream", "judged_by": "Compare"},
+        {"name": "viewer", "value": 0.9, "unit": "% core", "target": "", "ok": None,
+         "compare_to": "viewer", "judged_by": "Fan-out"},
+    ]  # fmt: skip
+    apply_baseline(rows, report)
+    assert rows[0]["ratio"] == 1.25  # over the 1.0 target: still not a verdict of its own
+    assert rows[0]["ok"] is None
+    assert rows[0]["target"] == "(info: in-process; judged by the Compare row)"
+    assert abs(rows[1]["ratio"] - 1.8) < 1e-9  # 0.9 against tee's (6 - 4) / 4
+    assert rows[1]["ok"] is None
+    assert "Fan-out" in rows[1]["target"]
+    assert all("judged_by" not in r and "compare_to" not in r for r in rows)
+    judging = {r["name"].split(":")[0] for r in report.rows() if r["ok"] is not None}
+    assert "Compare" in judging  # the row the verdict is left to is in the same report
+
+
 def test_a_step_not_measured_falls_behind_and_stays_out_of_the_medians() -> None:
     nan = float("nan")
     failed = Sample("ingest", 8, 1, nan, nan, [], 0, 1.0, "WHEP answered 404")
