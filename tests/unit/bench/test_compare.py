@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 from ingest.bench import apply_baseline
 from ingest.bench.compare import (
@@ -141,7 +142,7 @@ def test_an_in_process_cpu_row_shows_its_ratio_but_leaves_the_verdict_to_the_jud
     report = Report(Plan())
     report.compare = [sample("ingest", 4.0), sample("ffmpeg", 4.0)]
     report.fanout = [sample("ffmpeg", 4.0), sample("ffmpeg", 6.0, viewers=5)]
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"name": "one", "value": 5.0, "unit": "% core", "target": "", "ok": None,
          "compare_to": "stream", "judged_by": "Compare"},
         {"name": "viewer", "value": 0.9, "unit": "% core", "target": "", "ok": None,
