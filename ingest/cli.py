@@ -371,5 +371,44 @@ def bench_glass(seconds: float, as_json: bool) -> None:
         raise SystemExit(1)
 
 
+@bench.command("floor")
+@click.option(
+    "--streams",
+    default=None,
+    help="Comma-separated numbers of streams, one viewer each (default 1,8).",
+)
+@click.option(
+    "--runs", type=click.IntRange(1, 20), default=None,
+    help="Interleaved runs of each system at each number of streams (default 2).",
+)  # fmt: skip
+@click.option(
+    "--window", type=click.FloatRange(1, 120), default=None,
+    help="Seconds of each measurement window (default 6).",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of markdown.")
+def bench_floor(streams: str | None, runs: int | None, window: float | None, as_json: bool) -> None:
+    """How much of our CPU per stream the server's layers cost: this server, the floor (our
+    RTMP parser, AAC → Opus, packetizer and send loop with nothing between them, no hub, no
+    aiortc) and the ffmpeg baseline, interleaved; CPU per stream and the ratios (about 4
+    minutes; ingest/bench/floor.py)."""
+    from .bench import floor
+    from .bench.compare import Plan
+
+    try:
+        counts = tuple(int(n) for n in streams.split(",")) if streams else floor.FLOOR_STREAMS
+    except ValueError:
+        raise click.BadParameter("a comma-separated list of numbers, e.g. 1,8") from None
+    if not counts or not all(1 <= n <= 64 for n in counts):
+        raise click.BadParameter("each number of streams from 1 to 64")
+    plan = Plan(window=window) if window is not None else Plan()
+    report = floor.run(
+        counts, runs or floor.FLOOR_RUNS, plan, log=lambda m: click.echo(m, err=True)
+    )
+    if as_json:
+        click.echo(json.dumps(report.rows(), indent=2))
+    else:
+        click.echo(floor.markdown(report), nl=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

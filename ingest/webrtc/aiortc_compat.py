@@ -602,7 +602,12 @@ def udp_route(dtls: Any) -> UdpRoute | None:
     sock = getattr(transport, "_sock", None)
     if type(sock) is not socket.socket:
         return None
-    return UdpRoute(session._srtp[0], transport, sock, pair.remote_addr)
+    return UdpRoute(srtp_context(session), transport, sock, pair.remote_addr)
+
+
+def srtp_context(session: SrtpSession) -> Any:
+    """The libsrtp ``srtp_t`` of a pylibsrtp session (for :func:`protect_at`)."""
+    return session._srtp[0]
 
 
 def count_transport_sent(dtls: Any, octets: int, packets: int) -> None:
