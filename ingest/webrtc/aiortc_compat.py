@@ -605,6 +605,13 @@ def udp_route(dtls: Any) -> UdpRoute | None:
     return UdpRoute(srtp_context(session), transport, sock, pair.remote_addr)
 
 
+def route_usable(dtls: Any, route: UdpRoute) -> bool:
+    """Whether a :class:`UdpRoute` that :func:`udp_route` gave for ``dtls`` still holds: DTLS
+    still connected and the pair's transport open (aioice never changes a nominated pair; its
+    transport closes with the connection). Cheaper than asking :func:`udp_route` again."""
+    return dtls._state == DtlsState.CONNECTED and not route.transport.is_closing()
+
+
 def srtp_context(session: SrtpSession) -> Any:
     """The libsrtp ``srtp_t`` of a pylibsrtp session (for :func:`protect_at`)."""
     return session._srtp[0]

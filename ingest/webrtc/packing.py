@@ -33,6 +33,7 @@ aiortc's own encoder.
 
 from __future__ import annotations
 
+import struct
 from collections import OrderedDict
 from fractions import Fraction
 from typing import Any
@@ -62,6 +63,7 @@ H264_PAYLOAD_MAX = 1300
 extensions and the SRTP tag a packet stays under 1400 bytes (no IP fragmentation on the usual
 paths, VPNs and tunnels included)."""
 
+_EXTENSION_HEADER = struct.Struct("!HH")  # RFC 3550 5.3.1: profile, length in 32-bit words
 _STAP_A = 24
 _FU_A = 28
 
@@ -279,6 +281,28 @@ class HeaderExtensionsWriter(HeaderExtensionsMap):
         if not value:
             return 0, b""
         return 0xBEDE, value + b"\x00" * (-len(value) % 4)
+
+    def block(self, mid: str | None, abs_send_time: int) -> bytes:
+        """The whole extension block (its 4-byte header, then the elements) of a packet with
+        ``mid`` and ``abs_send_time``, as ``set`` would make it: once per unit on our senders,
+        without building aiortc's ``HeaderExtensions``."""
+        mid_id = self._mid_id
+        if (
+            self._fast
+            and 0 <= abs_send_time < 1 << 24
+            and (mid is None or not mid_id or mid == self._mid)
+        ):
+            value = self._mid_part if mid is not None and mid_id else b""
+            if self._abs_id:
+                value += ((self._abs_id << 28) | (2 << 24) | abs_send_time).to_bytes(4, "big")
+            if not value:
+                return b""
+            value += b"\x00" * (-len(value) % 4)
+            return _EXTENSION_HEADER.pack(0xBEDE, len(value) >> 2) + value
+        profile, value = self.set(HeaderExtensions(mid=mid, abs_send_time=abs_send_time))
+        if not value:
+            return b""
+        return _EXTENSION_HEADER.pack(profile, len(value) >> 2) + value
 
 
 def install(sender: RTCRtpSender, packer: Encoder) -> None:

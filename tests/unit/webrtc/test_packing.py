@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import struct
 from asyncio import selector_events
 from fractions import Fraction
 from typing import Any
@@ -233,6 +234,31 @@ def test_header_extensions_are_aiortcs(ids: dict[str, int]) -> None:
     packet = RtpPacket(payload_type=102, sequence_number=9, timestamp=77, payload=b"x" * 50)
     packet.extensions = HeaderExtensions(mid="1", abs_send_time=123_456)
     assert packet.serialize(ours) == packet.serialize(theirs)
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        {MID_URI: 1, ABS_URI: 3},
+        {MID_URI: 4, ABS_URI: 14},
+        {MID_URI: 9},
+        {ABS_URI: 2},
+        {},
+        {MID_URI: 15, ABS_URI: 3},  # two-byte form: through aiortc's own code
+    ],
+)
+def test_a_units_extension_block_is_the_header_and_what_aiortc_writes(
+    ids: dict[str, int],
+) -> None:
+    ours, theirs = HeaderExtensionsWriter(), HeaderExtensionsMap()
+    ours.configure(ext_params(ids))
+    theirs.configure(ext_params(ids))
+    rng = random.Random(2)
+    for mid in ("0", "0", None, "video", "0", "a" * 16, "a" * 17, "é"):  # mids change too
+        for abs_send_time in (0, 1, 0xFFFFFF, rng.randrange(1 << 24)):
+            profile, value = theirs.set(HeaderExtensions(mid=mid, abs_send_time=abs_send_time))
+            expected = struct.pack("!HH", profile, len(value) // 4) + value if value else b""
+            assert ours.block(mid, abs_send_time) == expected, (mid, abs_send_time)
 
 
 async def test_install_on_real_transceivers() -> None:

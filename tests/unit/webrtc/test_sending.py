@@ -237,3 +237,24 @@ async def test_retransmissions_are_capped_per_second() -> None:
         assert len(dtls.sent) - before == RETRANSMIT_MAX_PER_S
     finally:
         await sender.stop()
+
+
+def test_ntp_now_is_aiortcs_clock_without_datetime(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datetime as dt
+    import time
+
+    from aiortc import clock
+
+    from ingest.webrtc.sending import ntp_now
+
+    before = clock.current_ntp_time()
+    ours = ntp_now()
+    after = clock.current_ntp_time()
+    assert before <= ours <= after + (1 << 32) // 1000  # the same clock (1 ms for the reads)
+    for seconds, microseconds in ((1_795_000_000, 0), (1_795_000_000, 999_999), (0, 123_456)):
+        at = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(
+            seconds=seconds, microseconds=microseconds
+        )
+        ns = seconds * 1_000_000_000 + microseconds * 1000 + 999  # below a microsecond: dropped
+        monkeypatch.setattr(time, "time_ns", lambda ns=ns: ns)
+        assert ntp_now() == clock.datetime_to_ntp(at), (seconds, microseconds)
