@@ -389,7 +389,7 @@ def bench_glass(seconds: float, as_json: bool) -> None:
 def bench_floor(streams: str | None, runs: int | None, window: float | None, as_json: bool) -> None:
     """How much of our CPU per stream the server's layers cost: this server, the floor (our
     RTMP parser, AAC → Opus, packetizer and send loop with nothing between them, no hub, no
-    aiortc) and the ffmpeg baseline, interleaved; CPU per stream and the ratios (about 4
+    aiortc) and the ffmpeg baseline, interleaved; CPU per stream and the ratios (about 2.5
     minutes; ingest/bench/floor.py)."""
     from .bench import floor
     from .bench.compare import Plan

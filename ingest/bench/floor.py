@@ -72,7 +72,6 @@ VIDEO_PAYLOAD_TYPE = 102
 AUDIO_PAYLOAD_TYPE = 111
 _VERSION_2 = 0x80
 _VIDEO_CLOCK_PER_MS = 90
-_AUDIO_CLOCK_PER_MS = 48
 
 
 class _Output:
@@ -278,7 +277,7 @@ def run(
     plan: Plan | None = None,
     log: Callable[[str], None] | None = None,
 ) -> FloorReport:
-    """Measure ours, the floor and ffmpeg, interleaved (blocking; ~4 minutes by default)."""
+    """Measure ours, the floor and ffmpeg, interleaved (blocking; ~2.5 minutes by default)."""
     return asyncio.run(_run(streams, runs, plan or Plan(), log or (lambda _: None)))
 
 

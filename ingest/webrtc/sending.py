@@ -8,9 +8,10 @@ connection → protocol) before SRTP and ``sendto``. That was most of a viewer's
 
 :class:`LeanRtpSender` replaces, on the senders of our hub tracks, ``_run_rtp`` and
 ``_retransmit`` (by switching the instance's class in :func:`~ingest.webrtc.packing.install`;
-everything else stays aiortc's). Per unit: one clock read, one header-extension block (our
-:class:`~ingest.webrtc.packing.HeaderExtensionsWriter`), the payloads from the packer (shared by
-every viewer for H.264), the route resolved once. Per packet: the 12-byte header, extensions and
+everything else stays aiortc's). Per unit: one clock read (:func:`ntp_now`, one ``time_ns``),
+one header-extension block (:meth:`~ingest.webrtc.packing.HeaderExtensionsWriter.block`), the
+payloads from the packer (shared by every viewer for H.264), two checks that the route found
+for an earlier unit still holds. Per packet: the 12-byte header, extensions and
 payload written into one batch buffer (``struct.pack_into`` and two slice copies) and SRTP in
 place there (:func:`~ingest.webrtc.aiortc_compat.protect_at`: libsrtp's ``srtp_protect`` on the
 DTLS transport's own session, without pylibsrtp's copies). Same bytes on the wire as aiortc's
@@ -42,9 +43,10 @@ once). A single packet goes out with ``sendto``. When the socket cannot take a d
 **Private internals** of aiortc / aioice / pylibsrtp / asyncio are used only through
 :mod:`~ingest.webrtc.aiortc_compat` (checked there at import, so a changed dependency fails the
 server's start with :class:`AiortcChanged` rather than sending nothing): once per unit the
-sender's track, packer and counters, once per unit the route (:func:`~ingest.webrtc.
-aiortc_compat.udp_route`: the libsrtp context, the transport and its socket, the address); per
-packet only :func:`~ingest.webrtc.aiortc_compat.protect_at`.
+sender's track, packer and counters and whether the route still holds
+(:func:`~ingest.webrtc.aiortc_compat.route_usable`), the route itself only when it does not
+(:func:`~ingest.webrtc.aiortc_compat.udp_route`: the libsrtp context, the transport and its
+socket, the address); per packet only :func:`~ingest.webrtc.aiortc_compat.protect_at`.
 """
 
 from __future__ import annotations
