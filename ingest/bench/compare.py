@@ -538,6 +538,20 @@ def baseline_command(rtmp_port: int, sinks: Sequence[Sequence[int]], *, tee: boo
     ]  # fmt: skip
 
 
+async def await_video(
+    probes: _Probes, servers: Sequence[asyncio.subprocess.Process], who: str
+) -> None:
+    """Until every viewer has had video; ``RuntimeError`` if one of ``servers`` exits or none
+    comes within :data:`START_TIMEOUT`."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while not all(v[0] > 0 for v in await probes.stats()):
+        if any(s.returncode is not None for s in servers):
+            raise RuntimeError(f"{who} exited")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{who}'s sinks got no video")
+        await asyncio.sleep(0.1)
+
+
 class Baseline:
     """The ffmpeg CLI doing our server's job (see :func:`baseline_command`)."""
 
@@ -565,16 +579,7 @@ class Baseline:
                 await _wait_for(lambda port=port: _listening(port), "ffmpeg to listen")  # type: ignore[misc]
                 pushers.append(await _push(media, f"rtmp://127.0.0.1:{port}/live/bench"))
 
-            async def flowing() -> None:
-                deadline = time.monotonic() + START_TIMEOUT
-                while not all(v[0] > 0 for v in await probes.stats()):
-                    if any(s.returncode is not None for s in servers):
-                        raise RuntimeError("a baseline ffmpeg exited")
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("the baseline's sinks got no video")
-                    await asyncio.sleep(0.1)
-
-            await flowing()
+            await await_video(probes, servers, "the baseline")
             return await _measure(
                 self.name, streams, viewers, [s.pid for s in servers], probes, plan
             )

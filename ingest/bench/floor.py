@@ -27,7 +27,6 @@ import socket
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,6 @@ from pylibsrtp import Session as SrtpSession
 
 from ingest.bench.compare import (
     FPS,
-    START_TIMEOUT,
     Baseline,
     Ours,
     Plan,
@@ -51,6 +49,7 @@ from ingest.bench.compare import (
     _spawn,
     _stop,
     _wait_for,
+    await_video,
     free_port,
     make_media,
 )
@@ -78,6 +77,7 @@ class _Output:
     """One RTP stream to one sink: sequence numbers, SSRC, SRTP, the UDP route."""
 
     def __init__(self, sock: socket.socket, transport: Any, port: int, key: bytes) -> None:
+        # kept: the route holds a pointer into this session's libsrtp context
         self.session = SrtpSession(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
         self.route = UdpRoute(srtp_context(self.session), transport, sock, ("127.0.0.1", port))
         self.ssrc = int.from_bytes(os.urandom(4), "big")
@@ -183,13 +183,7 @@ class Floor:
             await _wait_for(lambda: _listening(port), "the floor to listen")
             for i in range(streams):
                 pushers.append(await _push(media, f"rtmp://127.0.0.1:{port}/live/s{i}"))
-            deadline = time.monotonic() + START_TIMEOUT
-            while not all(v[0] > 0 for v in await probes.stats()):
-                if server.returncode is not None:
-                    raise RuntimeError(f"the floor exited with {server.returncode}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the floor's sinks got no video")
-                await asyncio.sleep(0.1)
+            await await_video(probes, [server], "the floor")
             return await _measure(self.name, streams, 1, [server.pid], probes, plan)
         finally:
             await probes.close()

@@ -59,12 +59,12 @@ import struct
 import time
 import traceback
 from collections import deque
-from typing import Any
+from typing import Any, Protocol, cast
 
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtcrtpsender import random_sequence_number
-from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensions
+from aiortc.rtp import RTP_HISTORY_SIZE
 from aiortc.utils import random32
 
 from ingest.webrtc.aiortc_compat import (
@@ -113,7 +113,6 @@ NTP_UNIX_OFFSET_S = 2_208_988_800
 """Seconds from the NTP epoch (1900) to the Unix epoch (1970)."""
 
 _HEADER = struct.Struct("!BBHLL")
-_EXTENSION_HEADER = struct.Struct("!HH")
 _SEQ = struct.Struct("!H")
 _SEGMENT = struct.Struct("=H")
 _VERSION_2 = 0x80
@@ -128,6 +127,12 @@ def ntp_now() -> int:
     objects: once per unit on every sender."""
     seconds, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
     return ((seconds + NTP_UNIX_OFFSET_S) << 32) | ((nanoseconds // 1000) << 32) // 1_000_000
+
+
+class _BlockWriter(Protocol):
+    """What the sender needs of :class:`~ingest.webrtc.packing.HeaderExtensionsWriter`."""
+
+    def block(self, mid: str | None, abs_send_time: int) -> bytes: ...
 
 
 class LeanRtpSender(SenderHooks):
@@ -146,13 +151,8 @@ class LeanRtpSender(SenderHooks):
     def _lean_extensions(self, abs_send_time: int) -> bytes:
         """The header-extension block (with its 4-byte header) of every packet of a unit."""
         writer, mid = sender_header_extensions(self)
-        block = getattr(writer, "block", None)
-        if block is not None:  # our HeaderExtensionsWriter (installed with the packer)
-            return block(mid, abs_send_time)  # type: ignore[no-any-return]
-        profile, value = writer.set(HeaderExtensions(mid=mid, abs_send_time=abs_send_time))
-        if not value:
-            return b""
-        return _EXTENSION_HEADER.pack(profile, len(value) >> 2) + value
+        # install() gives every LeanRtpSender our HeaderExtensionsWriter (packing imports us)
+        return cast(_BlockWriter, writer).block(mid, abs_send_time)
 
     async def run_rtp(self, codec: RTCRtpCodecParameters) -> None:
         rtp_loop_started(self)
